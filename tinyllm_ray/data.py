@@ -1,0 +1,283 @@
+"""Load multiple-choice problems from disk into the canonical ``PROBLEM_SCHEMA`` table. Pure pyarrow; no Ray.
+
+Every source (the embedded demo set, the TinyLLM repository layout, JSON / JSON Lines / Parquet / CSV files)
+goes through one row validator, so a bad row fails the same way everywhere: a ``DataError`` naming the file,
+the row and what to change. Nothing is dropped silently; the only tolerated oddity is a repeated *wrong*
+option (the real OBQA train split has three), which is kept with a warning because it leaves the gold
+answer unambiguous.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import DataConfig, FieldMapping
+from .schemas import PROBLEM_SCHEMA, conform
+
+DEMO_SPLITS = ("train", "valid")
+TINYLLM_TEACHERS = ("flan_t5_xl", "llama2_7b")  # order inside each TinyLLM CoT string
+TINYLLM_SEPARATOR = " llama rationale: "
+TINYLLM_CHUNK = 500  # rows per llm/{split}_CoT_<k>.json file
+TEMPLATE_WORDS = (
+    "Question:", "Options:", "Answer:", "Rationale:", "Let's think step by step.", "Answer Choices:",
+    "predict: ", "explain: ", "rationale: ", "(a)", "(b)", "(c)", "(d)", "(e)", "Thus, the answer is",
+)
+_LETTER = re.compile(r"\(?([A-Za-z])\)?")
+
+Row = tuple[str, Any]  # (where in the file, e.g. "line 3", the parsed record)
+
+
+class DataError(ValueError):
+    """Input data is malformed; the message names the file, the row and what to do about it."""
+
+
+# ---------------------------------------------------------------- public API
+
+def load_problems(config: DataConfig, split: str) -> pa.Table:
+    """Read one split as a ``PROBLEM_SCHEMA`` table, validated row by row, limited per ``config.max_*``."""
+    if config.format == "demo":
+        folder = resources.files("tinyllm_ray") / "demo_data"
+        if split not in DEMO_SPLITS:
+            raise DataError(f"the demo dataset has splits {list(DEMO_SPLITS)}, not {split!r}; set data.train_split/eval_split")
+        name = f"demo_{split}.jsonl"
+        rows = _json_rows(folder.joinpath(name).read_text(encoding="utf-8"), f"tinyllm_ray/demo_data/{name}")
+        table = _build(rows, f"tinyllm_ray/demo_data/{name}", config.dataset, split, FieldMapping(), False)
+    elif config.format == "tinyllm":
+        file = _tinyllm_file(Path(config.path), split)
+        dataset = config.dataset if config.dataset != "demo" else Path(config.path).name
+        table = _build(_json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False)
+    else:
+        file = _split_file(Path(config.path.replace("{split}", split)), split, config.format)
+        dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
+        table = _build(_read_rows(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index)
+    limits = [n for name, n in ((config.train_split, config.max_train_problems),
+                                (config.eval_split, config.max_eval_problems)) if name == split and n]
+    return table.slice(0, min(limits)) if limits else table
+
+
+def load_tinyllm_rationales(dataset_dir: str | Path, split: str) -> dict[str, list[str]]:
+    """The two TinyLLM teachers' rationales for ``split``, position i = row i of ``<ds>_{split}.json``.
+
+    The FLAN-T5 text runs on into an echo of the question ("\\n\\nQ: ..."); it is cut there. A LLaMA output
+    stored as the text "nan" (a pandas NaN) becomes "": no rationale, for the caller to treat as missing.
+    """
+    dataset_dir = Path(dataset_dir)
+    problems = _tinyllm_file(dataset_dir, split)
+    count = len(_json_rows(_read_text(problems), str(problems)))
+    llm = dataset_dir / "llm"
+    files = sorted(llm.glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    expected = [llm / f"{split}_CoT_{k}.json" for k in range(max(1, -(-count // TINYLLM_CHUNK)))]
+    if files != expected:
+        raise DataError(f"{llm}: expected teacher files {[p.name for p in expected]} for the {count} {split} problems, "
+                        f"found {[p.name for p in files]}; copy the complete llm/ folder of the TinyLLM dataset")
+    out: dict[str, list[str]] = {name: [] for name in TINYLLM_TEACHERS}
+    for file in files:
+        texts = json.loads(_read_text(file))
+        if not isinstance(texts, list):
+            raise DataError(f"{file}: expected a JSON array of strings, got {type(texts).__name__}")
+        for position, text in enumerate(texts, 1):
+            if not isinstance(text, str) or TINYLLM_SEPARATOR not in text:
+                raise DataError(f"{file}, record {position}: expected a string '<flan>{TINYLLM_SEPARATOR}<llama>'; "
+                                f"got {str(text)[:80]!r}; regenerate or fix this teacher output")
+            flan, llama = text.split(TINYLLM_SEPARATOR, 1)
+            out["flan_t5_xl"].append(flan.split("\n\nQ:", 1)[0].strip())
+            llama = llama.strip()
+            out["llama2_7b"].append("" if llama == "nan" else llama)  # pandas NaN written as text
+    if len(out["flan_t5_xl"]) != count:
+        raise DataError(f"{llm}: {len(out['flan_t5_xl'])} {split} rationales for {count} problems; "
+                        "the files must hold exactly one entry per problem, in file order")
+    return out
+
+
+def demo_corpus() -> Iterator[str]:
+    """Text of the demo dataset plus the prompt template words: enough to train a tiny tokenizer offline."""
+    folder = resources.files("tinyllm_ray") / "demo_data"
+    for split in DEMO_SPLITS:
+        for line in folder.joinpath(f"demo_{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                yield record["question"]
+                yield from record["choices"]
+                yield record["answer"]
+    yield from TEMPLATE_WORDS
+
+
+# ---------------------------------------------------------------- locating files
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{file} does not exist; check data.path") from None
+
+
+def _tinyllm_file(folder: Path, split: str) -> Path:
+    file = folder / f"{folder.name}_{split}.json"
+    if not file.is_file():
+        found = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else "(folder missing)"
+        raise DataError(f"{file} not found; data.path must be a TinyLLM dataset folder holding "
+                        f"<name>_{{train,valid,test}}.json (found {found})")
+    return file
+
+
+def _split_file(path: Path, split: str, ext: str) -> Path:
+    """A file is used as given; a directory must hold ``{split}.{ext}`` or exactly one ``*_{split}.{ext}``."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist; set data.path to a .{ext} file or a directory of {split}.{ext} files")
+    candidates = [path / f"{split}.{ext}"] if (path / f"{split}.{ext}").is_file() else sorted(path.glob(f"*_{split}.{ext}"))
+    if len(candidates) != 1:
+        found = sorted(p.name for p in path.iterdir())
+        raise DataError(f"{path}: need one file named {split}.{ext} or *_{split}.{ext} for split {split!r}, "
+                        f"found {found}; rename the file or point data.path at it")
+    return candidates[0]
+
+
+def _default_name(path: Path) -> str:
+    return (path.name if path.is_dir() else path.stem).replace("{split}", "").strip("_-.") or "data"
+
+
+# ---------------------------------------------------------------- reading rows
+
+def _read_rows(file: Path, fmt: str) -> list[Row]:
+    if fmt == "parquet":
+        try:
+            records = pq.read_table(file).to_pylist()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{file}: not a readable Parquet file ({err}); re-export it") from err
+        return [(f"row {n}", r) for n, r in enumerate(records, 1)]
+    if fmt == "csv":
+        with open(file, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return [(f"row {n} (line {reader.line_num})", r) for n, r in enumerate(reader, 1)]
+    text = _read_text(file)
+    return _json_rows(text, str(file), lines=True if fmt == "jsonl" else None)
+
+
+def _json_rows(text: str, where: str, lines: bool | None = None) -> list[Row]:
+    """JSON Lines (rows named by line) or one JSON array (rows named by record); ``lines=None`` detects."""
+    if lines is None:
+        lines = not text.lstrip().startswith("[")
+    if not lines:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                            "fix the file (a JSON array of objects)") from None
+        if not isinstance(records, list):
+            raise DataError(f"{where}: expected a JSON array of objects or JSON Lines, got a {type(records).__name__}")
+        return [(f"record {n}", r) for n, r in enumerate(records, 1)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"line {n}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}, line {n}: not valid JSON ({err.msg}); "
+                                "each line must hold exactly one JSON object") from None
+    return rows
+
+
+# ---------------------------------------------------------------- validating rows
+
+def _build(rows: list[Row], file: str, dataset: str, split: str, fields: FieldMapping,
+           answer_is_index: bool) -> pa.Table:
+    if not rows:
+        raise DataError(f"{file}: no problems for split {split!r}; the file is empty")
+    columns: dict[str, list[Any]] = {name: [] for name in PROBLEM_SCHEMA.names}
+    seen_ids: dict[str, str] = {}
+    repeated_options: list[str] = []
+    context_found = False
+    for number, (label, record) in enumerate(rows, 1):
+        def fail(what: str, fix: str, label: str = label) -> NoReturn:
+            raise DataError(f"{file}, {label}: {what}; {fix}")
+
+        if not isinstance(record, dict):
+            fail(f"expected an object, got {type(record).__name__}", "each row must be one record")
+        question = _text(record.get(fields.question))
+        if not question:
+            fail(f"field {fields.question!r} is missing or empty",
+                 f"give every row a question or map the column with data.fields.question (row keys: {sorted(record)})")
+        choices = _choices(record.get(fields.choices), fields.choices, fail, sorted(record))
+        index = _answer_index(record.get(fields.answer), choices, fields.answer, answer_is_index, fail)
+        if len(set(choices)) != len(choices):
+            if choices.count(choices[index]) > 1:
+                fail(f"the answer {choices[index]!r} appears more than once in {choices}", "make every option distinct")
+            repeated_options.append(label)
+        raw_id = record.get(fields.id) if fields.id else None
+        problem_id = f"{dataset}-{split}-{number}" if raw_id in (None, "") else str(raw_id)
+        if problem_id in seen_ids:
+            fail(f"id {problem_id!r} repeats {seen_ids[problem_id]}", "ids must be unique within a split")
+        seen_ids[problem_id] = label
+        context = None
+        if fields.context:
+            context_found = context_found or fields.context in record
+            context = _text(record.get(fields.context)) or None
+        for name, value in (("id", problem_id), ("dataset", dataset), ("split", split), ("question", question),
+                            ("choices", choices), ("answer_index", index), ("answer", choices[index]),
+                            ("context", context)):
+            columns[name].append(value)
+    if fields.context and not context_found:
+        raise DataError(f"{file}: no row has the context column {fields.context!r}; fix data.fields.context or set it to null")
+    if repeated_options:
+        warnings.warn(f"{file}: {len(repeated_options)} rows repeat a wrong option ({', '.join(repeated_options[:5])}); "
+                      "kept, since the answer is still unambiguous", stacklevel=3)
+    return conform(pa.Table.from_pydict(columns, schema=PROBLEM_SCHEMA), PROBLEM_SCHEMA, file)
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else "" if value is None else str(value).strip()
+
+
+def _choices(raw: Any, column: str, fail: Callable[..., NoReturn], keys: list[str]) -> list[str]:
+    """A list, or (from CSV) a JSON list string or a "|"-separated string."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError:
+                fail(f"field {column!r} looks like a JSON list but does not parse: {text[:80]!r}",
+                     'write it as ["option a", "option b"] or as "option a|option b"')
+        else:
+            raw = text.split("|") if text else []
+    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
+        fail(f"field {column!r} is missing or has fewer than 2 options ({raw!r})",
+             f"give every row at least two options or map the column with data.fields.choices (row keys: {keys})")
+    choices = [_text(c) for c in raw]
+    if not all(choices):
+        fail(f"option {choices.index('') + 1} of {column!r} is empty ({choices})", "every option needs text")
+    return choices
+
+
+def _answer_index(raw: Any, choices: list[str], column: str, is_index: bool, fail: Callable[..., NoReturn]) -> int:
+    """Option text, else a letter such as "b" or "(b)"; or a 0-based index when ``data.answer_is_index``."""
+    text = _text(raw)
+    if not text:
+        fail(f"field {column!r} is missing or empty", "give every row its gold answer or map it with data.fields.answer")
+    if is_index:
+        if isinstance(raw, bool) or not re.fullmatch(r"\d+(\.0*)?", text):
+            fail(f"answer {raw!r} is not a 0-based option index", "set data.answer_is_index=false if it holds option text")
+        index = int(float(text))
+        if index >= len(choices):
+            fail(f"answer index {index} is out of range for {len(choices)} options (0-based)",
+                 "use 0..n-1, or set data.answer_is_index=false")
+        return index
+    if text in choices:
+        return choices.index(text)
+    letter = _LETTER.fullmatch(text)
+    if letter and ord(letter.group(1).lower()) - ord("a") < len(choices):
+        return ord(letter.group(1).lower()) - ord("a")
+    fail(f"answer {text!r} is not among the choices {choices}",
+         "use one option's exact text or its letter, or set data.answer_is_index=true for 0-based indices")

@@ -1,0 +1,307 @@
+"""Recipe: problems -> (Ray Data, one vLLM actor pool per teacher, all pools in parallel) -> rationale Parquet.
+
+Each teacher's output is its own directory with a manifest written last; a rerun reuses every teacher whose
+fingerprint (model, prompt, sampling, problems) is unchanged and regenerates only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from tinyllm_ray import prompts
+from tinyllm_ray.config import JobConfig, TeacherConfig, stable_hash
+from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.models import has_chat_template, resolve_model
+from tinyllm_ray.schemas import (
+    PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest, write_table,
+)
+
+log = logging.getLogger("tinyllm_ray")
+
+
+class GenerationError(RuntimeError):
+    """A teacher's generation failed as a whole (engine crash, too many failed rows, changed config)."""
+
+
+# ---------------------------------------------------------------- problems
+
+def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) -> dict[str, pa.Table]:
+    """Load, validate and freeze the train and eval problems as Parquet (reused when the data config is unchanged)."""
+    from tinyllm_ray.data import load_problems
+
+    fingerprint = stable_hash(config.data.model_dump(mode="json"))
+    manifest = read_manifest(layout.problems)
+    if manifest and manifest.get("fingerprint") == fingerprint and not force:
+        return {role: read_table(layout.problem_file(role), PROBLEM_SCHEMA) for role in ("train", "eval")}
+    if manifest and not force:
+        raise GenerationError(
+            f"{layout.problems} was built from a different data config; every later artifact depends on it. "
+            "Use a new output_dir, or pass --force to rebuild (rationales are then regenerated).")
+    tables = {"train": load_problems(config.data, config.data.train_split),
+              "eval": load_problems(config.data, config.data.eval_split)}
+    overlap = set(tables["train"].column("id").to_pylist()) & set(tables["eval"].column("id").to_pylist())
+    if overlap:
+        raise GenerationError(f"{len(overlap)} problem ids appear in both train and eval splits, e.g. {sorted(overlap)[:3]}")
+    layout.problems.mkdir(parents=True, exist_ok=True)
+    (layout.problems / "manifest.json").unlink(missing_ok=True)
+    for role, table in tables.items():
+        write_table(table, layout.problem_file(role))
+    write_manifest(layout.problems, fingerprint=fingerprint, data=config.data.model_dump(mode="json"),
+                   counts={role: t.num_rows for role, t in tables.items()})
+    return tables
+
+
+def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
+    if read_manifest(layout.problems) is None:
+        raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
+    return read_table(layout.problem_file(role), PROBLEM_SCHEMA)
+
+
+# ---------------------------------------------------------------- the teacher actor
+
+def sampling_dict(teacher: TeacherConfig, max_tokens: int | None = None) -> dict[str, Any]:
+    sampling = teacher.sampling.model_dump()
+    if max_tokens is not None:
+        sampling["max_tokens"] = max_tokens
+    return sampling
+
+
+class TeacherEngine:
+    """A Ray Data actor owning one vLLM engine; turns problem batches into rationale (or answer) rows.
+
+    Rows that fail (prompt too long, a request the engine rejects) come back with ``error`` set; an engine
+    that dies raises, which fails the stage.
+    """
+
+    def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
+                 mode: str, sampling: dict):
+        from vllm import LLM, SamplingParams
+
+        self.teacher = TeacherConfig.model_validate(teacher)
+        engine = self.teacher.engine
+        kwargs = dict(model=model_path, dtype=engine.dtype, max_model_len=engine.max_model_len,
+                      enforce_eager=engine.enforce_eager, tensor_parallel_size=engine.tensor_parallel_size,
+                      seed=sampling.get("seed") or 0, **engine.extra)
+        if self.teacher.resources.num_gpus_per_actor:
+            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+            if engine.tensor_parallel_size > 1:
+                kwargs["distributed_executor_backend"] = "mp"  # the actor already holds all its GPUs
+        if engine.kv_cache_memory_bytes:
+            kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sampling_json = json.dumps(sampling, sort_keys=True)
+        self.params = SamplingParams(**sampling)
+        self.max_model_len = engine.max_model_len
+        self.model_path = model_path
+        self.use_chat = self.teacher.chat_template == "auto" and has_chat_template(model_path)
+        if not isinstance(demo_pool, pa.Table):  # an ObjectRef: one copy of the pool in the object store
+            import ray
+
+            demo_pool = ray.get(demo_pool)
+        self.pool = demo_pool.to_pylist()
+        self.num_demos, self.demo_seed, self.mode = num_demos, demo_seed, mode
+
+    def render(self, problem: dict) -> str:
+        demos = prompts.sample_demos(self.pool, problem["id"], self.num_demos, self.demo_seed)
+        build = prompts.teacher_forcing_prompt if self.mode == "rationale" else prompts.answer_prompt
+        text = build(problem, demos, self.teacher.instruction)
+        if not self.use_chat:
+            return text
+        messages = [{"role": "system", "content": self.teacher.system_prompt}] if self.teacher.system_prompt else []
+        messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        problems = batch.to_pylist()
+        rows = [self._row(p, self.render(p)) for p in problems]
+        runnable = []
+        for row in rows:
+            row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
+            if row["num_prompt_tokens"] >= self.max_model_len:
+                row["error"] = (f"prompt has {row['num_prompt_tokens']} tokens, engine.max_model_len is "
+                                f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
+            else:
+                runnable.append(row)
+        self._generate(runnable)
+        return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA)
+
+    def _row(self, problem: dict, prompt: str) -> dict:
+        return dict(id=problem["id"], dataset=problem["dataset"], teacher=self.teacher.name, model=self.teacher.model,
+                    prompt=prompt, rationale="", num_prompt_tokens=0, num_generated_tokens=0, finish_reason="error",
+                    sampling_params=self.sampling_json, error=None)
+
+    def _generate(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        try:
+            outputs = self.llm.generate([r["prompt"] for r in rows], self.params, use_tqdm=False)
+        except Exception as err:  # noqa: BLE001 - isolate the failing rows, unless the engine itself died
+            if len(rows) == 1 or _engine_dead(err):
+                if _engine_dead(err):
+                    raise
+                rows[0]["error"] = f"{type(err).__name__}: {err}"[:2000]
+                return
+            for row in rows:
+                self._generate([row])
+            return
+        for row, output in zip(rows, outputs):
+            completion = output.outputs[0]
+            row.update(rationale=completion.text.strip(), num_generated_tokens=len(completion.token_ids),
+                       finish_reason=str(completion.finish_reason or "stop"))
+
+
+def _engine_dead(err: Exception) -> bool:
+    return type(err).__name__ in {"EngineDeadError", "EngineGenerateError"} or "EngineCore" in str(err)
+
+
+# ---------------------------------------------------------------- the recipe
+
+def teacher_fingerprint(config: JobConfig, teacher: TeacherConfig, problems_fingerprint: str, mode: str) -> str:
+    """What the rationales depend on: resources, pool sizes and error budgets are deliberately left out."""
+    relevant = teacher.model_dump(mode="json", exclude={"resources", "max_error_rate", "rationale_prefix"})
+    relevant["engine"] = {k: v for k, v in relevant["engine"].items()
+                          if k in {"dtype", "max_model_len", "extra"}}
+    return stable_hash({"teacher": relevant, "prompts": config.prompts.model_dump(mode="json", exclude={"task_prefix"}),
+                        "problems": problems_fingerprint, "mode": mode})
+
+
+def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_root: Path, mode: str,
+                 teachers: list[TeacherConfig], force: bool = False,
+                 max_tokens: int | None = None) -> dict[str, dict[str, Any]]:
+    """Run every teacher whose output is missing or stale, all pools at once; return each teacher's manifest."""
+    import ray
+
+    problems_fingerprint = (read_manifest(layout.problems) or {}).get("fingerprint", "")
+    pool = load_frozen_problems(layout, "train")
+    pool_ref = ray.put(pool)
+    todo, manifests = [], {}
+    for teacher in teachers:
+        out_dir = out_root / teacher.name
+        fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, mode)
+        manifest = read_manifest(out_dir)
+        if manifest and manifest.get("fingerprint") == fingerprint and not force:
+            log.info("teacher %s: reusing %s (%d rows)", teacher.name, out_dir, manifest["counts"]["rows"])
+            manifests[teacher.name] = manifest
+            continue
+        if manifest and not force:
+            raise GenerationError(
+                f"teacher {teacher.name!r}: {out_dir} was generated with a different model/prompt/sampling config. "
+                "Rename the teacher to keep both, or pass --force to regenerate it.")
+        todo.append((teacher, out_dir, fingerprint))
+    if not todo:
+        return manifests
+    # Resolve (and, for builtins, build) models once here: threads racing on first-time imports break them.
+    model_paths = {teacher.model: resolve_model(teacher.model) for teacher, _, _ in todo}
+    with ThreadPoolExecutor(max_workers=len(todo)) as threads:
+        futures = {t.name: threads.submit(_run_one, config, t, model_paths[t.model], problems, pool_ref, out_dir,
+                                          fp, mode, max_tokens)
+                   for t, out_dir, fp in todo}
+        errors = {}
+        for name, future in futures.items():
+            try:
+                manifests[name] = future.result()
+            except Exception as err:  # noqa: BLE001 - report every failing teacher, not just the first
+                errors[name] = err
+    if errors:
+        details = "\n".join(f"  {name}: {type(e).__name__}: {e}" for name, e in errors.items())
+        raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones are kept and reused):\n{details}")
+    return manifests
+
+
+def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problems: pa.Table, pool_ref, out_dir: Path, fingerprint: str,
+             mode: str, max_tokens: int | None) -> dict[str, Any]:
+    import ray
+
+    from tinyllm_ray.runtime import teacher_env
+
+    start = time.time()
+    resources = teacher.resources
+    on_gpu = resources.num_gpus_per_actor > 0
+    if not on_gpu and not teacher.engine.kv_cache_memory_bytes:
+        raise GenerationError(f"teacher {teacher.name!r} runs on CPU: set engine.kv_cache_memory_bytes "
+                              "(e.g. 268435456); vLLM-CPU cannot size its KV cache itself")
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
+    if resources.accelerator_type:
+        remote_args["accelerator_type"] = resources.accelerator_type
+    sampling = sampling_dict(teacher, max_tokens)
+    generated = ray.data.from_arrow(problems).map_batches(
+        TeacherEngine,
+        fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
+                                   demo_pool=pool_ref, num_demos=config.prompts.num_demos,
+                                   demo_seed=config.prompts.demo_seed, mode=mode, sampling=sampling),
+        batch_size=resources.batch_size, batch_format="pyarrow", concurrency=resources.concurrency,
+        num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args)
+    try:
+        generated.write_parquet(str(staging))
+        table = read_table(staging, RATIONALE_SCHEMA)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    stats = rationale_stats(table, problems)
+    if stats["rows"] != problems.num_rows or stats["duplicate_ids"]:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise GenerationError(f"teacher {teacher.name!r}: wrote {stats['rows']} rows ({stats['duplicate_ids']} "
+                              f"duplicated) for {problems.num_rows} problems")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    manifest = write_manifest(
+        out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
+        mode=mode, counts=stats, seconds=round(time.time() - start, 2))
+    rate = stats["errors"] / max(stats["rows"], 1)
+    if rate > teacher.max_error_rate:
+        (out_dir / "manifest.json").unlink()
+        raise GenerationError(
+            f"teacher {teacher.name!r}: {stats['errors']}/{stats['rows']} rows failed ({rate:.1%} > max_error_rate "
+            f"{teacher.max_error_rate:.1%}); rows kept in {out_dir} for `tinyllm-ray inspect`. First error: "
+            f"{stats['first_error']}")
+    log.info("teacher %s: %d rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], stats["errors"],
+             stats["generated_tokens"], time.time() - start)
+    return manifest
+
+
+def rationale_stats(table: pa.Table, problems: pa.Table) -> dict[str, Any]:
+    """Counts for the manifest and `inspect`: failures, empty/truncated/contradicting rationales, token totals."""
+    problems_by_id = {p["id"]: p for p in problems.to_pylist()}
+    rows = table.to_pylist()
+    errors = [r for r in rows if r["error"]]
+    ok = [r for r in rows if not r["error"]]
+    contradicting = sum(
+        1 for r in ok if r["id"] in problems_by_id and prompts.rationale_contradicts(
+            r["rationale"], int(problems_by_id[r["id"]]["answer_index"]), list(problems_by_id[r["id"]]["choices"])))
+    return {
+        "rows": len(rows),
+        "errors": len(errors),
+        "first_error": errors[0]["error"] if errors else None,
+        "empty": sum(1 for r in ok if not r["rationale"].strip()),
+        "truncated": sum(1 for r in ok if r["finish_reason"] == "length"),
+        "contradicting": contradicting,
+        "duplicate_ids": len(rows) - len({r["id"] for r in rows}),
+        "prompt_tokens": int(sum(r["num_prompt_tokens"] for r in rows)),
+        "generated_tokens": int(sum(r["num_generated_tokens"] for r in rows)),
+    }
+
+
+def generate(config: JobConfig, force: bool = False, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The `generate` stage: freeze problems, then write rationales for every (or the named) teacher."""
+    from tinyllm_ray.runtime import connect
+
+    layout = RunLayout.of(config.output_dir)
+    tables = prepare_problems(config, layout, force=force)
+    connect(config)
+    teachers = [t for t in config.teachers if only is None or t.name in only]
+    unknown = sorted(set(only or []) - {t.name for t in config.teachers})
+    if unknown:
+        raise GenerationError(f"unknown teacher(s) {unknown}; known: {[t.name for t in config.teachers]}")
+    return run_teachers(config, layout, tables["train"], layout.rationales, "rationale", teachers, force=force)

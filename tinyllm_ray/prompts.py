@@ -1,0 +1,119 @@
+"""Prompt building and answer parsing for teachers and student. Pure functions over plain data.
+
+Teacher prompts follow the TinyLLM teacher-forcing chain of thought: the teacher sees the question, the
+options and the gold answer, and is asked why it is right. Student inputs use one prefix per task.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+LETTERS = string.ascii_lowercase
+RATIONALE_CUE = "Rationale:\nLet's think step by step."
+
+
+def letter(index: int) -> str:
+    if not 0 <= index < len(LETTERS):
+        raise ValueError(f"option index {index} out of range (at most {len(LETTERS)} options)")
+    return LETTERS[index]
+
+
+def format_options(choices: Sequence[str]) -> str:
+    return "\n".join(f"({letter(i)}) {choice}" for i, choice in enumerate(choices))
+
+
+def _question_text(problem: Mapping[str, Any]) -> str:
+    context = problem.get("context")
+    return f"{context}\n{problem['question']}" if context else str(problem["question"])
+
+
+def teacher_block(problem: Mapping[str, Any], with_answer: bool, with_rationale: str | None = None) -> str:
+    """One problem in the paper's README template: Question / Options / Answer / Rationale."""
+    parts = [f"Question:\n{_question_text(problem)}", f"Options:\n{format_options(problem['choices'])}"]
+    if with_answer:
+        index = int(problem["answer_index"])
+        parts.append(f"Answer:\n({letter(index)}) {problem['choices'][index]}")
+        parts.append(RATIONALE_CUE if with_rationale is None else f"{RATIONALE_CUE} {with_rationale}".rstrip())
+    else:
+        parts.append("Answer:")
+    return "\n".join(parts)
+
+
+def sample_demos(
+    pool: Sequence[Mapping[str, Any]], query_id: str, k: int, seed: int
+) -> list[Mapping[str, Any]]:
+    """k demonstrations from ``pool`` excluding the query; deterministic per (seed, query id)."""
+    if k == 0:
+        return []
+    candidates = [p for p in pool if p["id"] != query_id]
+    if len(candidates) < k:
+        raise ValueError(f"need {k} demonstrations but the train split has only {len(candidates)} other problems")
+    rng = random.Random(f"{seed}:{query_id}")
+    return rng.sample(candidates, k)
+
+
+def teacher_forcing_prompt(
+    problem: Mapping[str, Any], demos: Sequence[Mapping[str, Any]], instruction: str = ""
+) -> str:
+    """Prompt asking a teacher to explain the gold answer; demos are shown with their answers."""
+    blocks = [teacher_block(d, with_answer=True, with_rationale=d.get("demo_rationale") or "") for d in demos]
+    blocks.append(teacher_block(problem, with_answer=True))
+    body = "\n\n".join(blocks)
+    return f"{instruction.strip()}\n\n{body}" if instruction.strip() else body
+
+
+def answer_prompt(problem: Mapping[str, Any], demos: Sequence[Mapping[str, Any]], instruction: str = "") -> str:
+    """Prompt asking a teacher for the answer without the gold answer (teacher accuracy)."""
+    blocks = []
+    for demo in demos:
+        index = int(demo["answer_index"])
+        blocks.append(f"{teacher_block(demo, with_answer=False)}\n({letter(index)}) {demo['choices'][index]}")
+    blocks.append(teacher_block(problem, with_answer=False))
+    body = "\n\n".join(blocks)
+    return f"{instruction.strip()}\n\n{body}" if instruction.strip() else body
+
+
+def student_input(problem: Mapping[str, Any]) -> str:
+    """The student's view of a problem: ``{question}\\nAnswer Choices:\\n(a) ...``."""
+    return f"{_question_text(problem)}\nAnswer Choices:\n{format_options(problem['choices'])}"
+
+
+def student_prompt(prefix: str, problem_input: str) -> str:
+    return f"{prefix}{problem_input}\n"
+
+
+# ---------------------------------------------------------------- parsing
+
+def normalize(text: str) -> str:
+    return " ".join(str(text).lower().split()).strip(" .")
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return normalize(prediction) == normalize(gold)
+
+
+_LETTER_PATTERN = re.compile(r"\(([a-z])\)")
+
+
+def parse_choice(generated: str, choices: Sequence[str]) -> int | None:
+    """Index of the option a free-text answer picks, or None: first an option text, then a '(x)' letter."""
+    first_line = normalize(generated.strip().split("\n", 1)[0] if generated.strip() else "")
+    for index, choice in enumerate(choices):
+        if first_line == normalize(choice):
+            return index
+    match = _LETTER_PATTERN.search(generated.lower())
+    if match and LETTERS.index(match.group(1)) < len(choices):
+        return LETTERS.index(match.group(1))
+    text = normalize(generated)
+    hits = [i for i, choice in enumerate(choices) if normalize(choice) and normalize(choice) in text]
+    return hits[0] if len(hits) == 1 else None
+
+
+def rationale_contradicts(rationale: str, answer_index: int, choices: Sequence[str]) -> bool:
+    """True when a rationale ends by naming a different option than the gold one ("the answer is (c)")."""
+    match = re.search(r"answer is\s*\(([a-z])\)", rationale.lower())
+    return bool(match) and LETTERS.index(match.group(1)) != answer_index and LETTERS.index(match.group(1)) < len(choices)

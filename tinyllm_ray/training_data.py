@@ -1,0 +1,110 @@
+"""The multi-task training set and its tokenisation. Pure: pyarrow in, plain tensors out; no Ray, no DeepSpeed.
+
+One training row per problem holds the student input, the gold answer and one rationale per distilled teacher
+(null when that teacher's row failed or is filtered). Collation expands a row into 1 + M sequences:
+``task_prefix + input -> answer`` and ``rationale_prefix_m + input -> rationale_m``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from tinyllm_ray import prompts
+from tinyllm_ray.losses import IGNORE_INDEX
+from tinyllm_ray.schemas import training_schema
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # "answer" or the teacher name
+    prefix: str
+    column: str
+    weight: float
+
+
+def tasks_for(task_prefix: str, answer_weight: float, teachers: Sequence[tuple[str, str, float]]) -> list[Task]:
+    """Task 0 is the answer; task m is teacher m (name, rationale prefix, alpha)."""
+    return [Task("answer", task_prefix, "answer", answer_weight)] + [
+        Task(name, prefix, f"rationale__{name}", alpha) for name, prefix, alpha in teachers
+    ]
+
+
+def usable_rationale(row: Mapping[str, Any]) -> bool:
+    return not row.get("error") and bool(str(row.get("rationale") or "").strip())
+
+
+def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table]) -> tuple[pa.Table, dict[str, int]]:
+    """Join problems with each teacher's rationales by id; returns the table and per-teacher usable counts."""
+    by_teacher = {
+        name: {r["id"]: r["rationale"].strip() for r in table.to_pylist() if usable_rationale(r)}
+        for name, table in rationales.items()
+    }
+    records = []
+    for problem in problems.to_pylist():
+        record = {"id": problem["id"], "input": prompts.student_input(problem), "answer": problem["answer"]}
+        for name, texts in by_teacher.items():
+            record[f"rationale__{name}"] = texts.get(problem["id"])
+        records.append(record)
+    usable = {name: len(texts) for name, texts in by_teacher.items()}
+    return pa.Table.from_pylist(records, schema=training_schema(list(rationales))), usable
+
+
+class Collator:
+    """Tokenises a batch of training rows into padded tensors plus the task id of every sequence."""
+
+    def __init__(self, tokenizer, tasks: Sequence[Task], seq2seq: bool, max_input_tokens: int, max_target_tokens: int):
+        self.tokenizer, self.tasks, self.seq2seq = tokenizer, list(tasks), seq2seq
+        self.max_input_tokens, self.max_target_tokens = max_input_tokens, max_target_tokens
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def pairs(self, batch: Mapping[str, Sequence[Any]]) -> list[tuple[int, str, str]]:
+        """(task id, prompt, target) for every available task of every row."""
+        out = []
+        for i, problem_input in enumerate(batch["input"]):
+            for task_id, task in enumerate(self.tasks):
+                target = batch[task.column][i] if task.column in batch else None
+                if target is None or (isinstance(target, str) and not target.strip()):
+                    continue
+                out.append((task_id, prompts.student_prompt(task.prefix, str(problem_input)), str(target)))
+        return out
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        import torch
+
+        pairs = self.pairs(batch)
+        eos = [self.tokenizer.eos_token_id]
+        sources = [self._encode(p, self.max_input_tokens, keep_end=True) for _, p, _ in pairs]
+        targets = [self._encode(t, self.max_target_tokens - 1, keep_end=False) + eos for _, _, t in pairs]
+        pad = self.tokenizer.pad_token_id
+        if self.seq2seq:
+            input_ids, attention = _pad(sources, pad)
+            labels, _ = _pad(targets, IGNORE_INDEX)
+            features = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        else:
+            joined = [s + t for s, t in zip(sources, targets)]
+            label_rows = [[IGNORE_INDEX] * len(s) + t for s, t in zip(sources, targets)]
+            input_ids, attention = _pad(joined, pad)
+            labels, _ = _pad(label_rows, IGNORE_INDEX)
+            features = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        features = {k: torch.tensor(v) for k, v in features.items()}
+        features["task_ids"] = torch.tensor([task_id for task_id, _, _ in pairs])
+        return features
+
+    def _encode(self, text: str, limit: int, keep_end: bool) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= limit:
+            return ids
+        # Keep the end of long inputs: the question and options follow the (PubMedQA-style) context.
+        return ids[-limit:] if keep_end else ids[:limit]
+
+
+def _pad(rows: list[list[int]], value: int) -> tuple[list[list[int]], list[list[int]]]:
+    width = max((len(r) for r in rows), default=0)
+    padded = [r + [value] * (width - len(r)) for r in rows]
+    mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+    return padded, mask
