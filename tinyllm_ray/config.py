@@ -67,6 +67,7 @@ class SamplingConfig(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(128, ge=1)
     seed: int | None = 0
+    stop: list[str] = Field(default_factory=lambda: ["\nQuestion:"], description="Stop strings (the next problem).")
 
 
 class EngineConfig(Strict):

@@ -235,12 +235,15 @@ def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problem
     if resources.accelerator_type:
         remote_args["accelerator_type"] = resources.accelerator_type
     sampling = sampling_dict(teacher, max_tokens)
-    generated = ray.data.from_arrow(problems).map_batches(
+    # One block per engine batch: progress advances per batch and batches spread over the actor pool.
+    blocks = [problems.slice(i, resources.batch_size) for i in range(0, problems.num_rows, resources.batch_size)]
+    generated = ray.data.from_arrow(blocks).map_batches(
         TeacherEngine,
         fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
                                    demo_pool=pool_ref, num_demos=config.prompts.num_demos,
                                    demo_seed=config.prompts.demo_seed, mode=mode, sampling=sampling),
-        batch_size=resources.batch_size, batch_format="pyarrow", concurrency=resources.concurrency,
+        batch_size=resources.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
         num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args)
     try:
         generated.write_parquet(str(staging))

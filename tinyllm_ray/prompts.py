@@ -31,15 +31,19 @@ def _question_text(problem: Mapping[str, Any]) -> str:
     return f"{context}\n{problem['question']}" if context else str(problem["question"])
 
 
-def teacher_block(problem: Mapping[str, Any], with_answer: bool, with_rationale: str | None = None) -> str:
-    """One problem in the paper's README template: Question / Options / Answer / Rationale."""
+def teacher_block(problem: Mapping[str, Any], with_answer: bool, rationale_cue: bool = False,
+                  rationale: str | None = None) -> str:
+    """One problem in the paper's README template: Question / Options / Answer [/ Rationale]."""
     parts = [f"Question:\n{_question_text(problem)}", f"Options:\n{format_options(problem['choices'])}"]
-    if with_answer:
-        index = int(problem["answer_index"])
-        parts.append(f"Answer:\n({letter(index)}) {problem['choices'][index]}")
-        parts.append(RATIONALE_CUE if with_rationale is None else f"{RATIONALE_CUE} {with_rationale}".rstrip())
-    else:
+    if not with_answer:
         parts.append("Answer:")
+        return "\n".join(parts)
+    index = int(problem["answer_index"])
+    parts.append(f"Answer:\n({letter(index)}) {problem['choices'][index]}")
+    if rationale:
+        parts.append(f"{RATIONALE_CUE} {rationale.strip()}")
+    elif rationale_cue:
+        parts.append(RATIONALE_CUE)
     return "\n".join(parts)
 
 
@@ -59,9 +63,13 @@ def sample_demos(
 def teacher_forcing_prompt(
     problem: Mapping[str, Any], demos: Sequence[Mapping[str, Any]], instruction: str = ""
 ) -> str:
-    """Prompt asking a teacher to explain the gold answer; demos are shown with their answers."""
-    blocks = [teacher_block(d, with_answer=True, with_rationale=d.get("demo_rationale") or "") for d in demos]
-    blocks.append(teacher_block(problem, with_answer=True))
+    """Prompt asking a teacher to explain the gold answer.
+
+    Demos show their answers, and a rationale only when one is supplied (``demo_rationale``): an empty
+    "Let's think step by step." after each demo teaches small models to write nothing.
+    """
+    blocks = [teacher_block(d, with_answer=True, rationale=d.get("demo_rationale")) for d in demos]
+    blocks.append(teacher_block(problem, with_answer=True, rationale_cue=True))
     body = "\n\n".join(blocks)
     return f"{instruction.strip()}\n\n{body}" if instruction.strip() else body
 
@@ -115,5 +123,8 @@ def parse_choice(generated: str, choices: Sequence[str]) -> int | None:
 
 def rationale_contradicts(rationale: str, answer_index: int, choices: Sequence[str]) -> bool:
     """True when a rationale ends by naming a different option than the gold one ("the answer is (c)")."""
-    match = re.search(r"answer is\s*\(([a-z])\)", rationale.lower())
-    return bool(match) and LETTERS.index(match.group(1)) != answer_index and LETTERS.index(match.group(1)) < len(choices)
+    named = re.findall(r"answer is\s*\(([a-z])\)", rationale.lower())
+    if not named:
+        return False
+    final = LETTERS.index(named[-1])
+    return final < len(choices) and final != answer_index

@@ -62,14 +62,13 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     if missing:
         raise ArtifactError(f"{where}: missing columns {missing} (has {table.column_names})")
     table = table.select(schema.names)
-    try:
-        table = table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
-        raise ArtifactError(f"{where}: columns do not match the expected schema: {err}") from err
     for field in schema:
         if not field.nullable and table.column(field.name).null_count:
             raise ArtifactError(f"{where}: column {field.name!r} has null values")
-    return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        raise ArtifactError(f"{where}: columns do not match the expected schema: {err}") from err
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:

@@ -49,7 +49,7 @@ def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table])
         for name, texts in by_teacher.items():
             record[f"rationale__{name}"] = texts.get(problem["id"])
         records.append(record)
-    usable = {name: len(texts) for name, texts in by_teacher.items()}
+    usable = {name: sum(1 for r in records if r[f"rationale__{name}"] is not None) for name in by_teacher}
     return pa.Table.from_pylist(records, schema=training_schema(list(rationales))), usable
 
 
@@ -78,29 +78,33 @@ class Collator:
 
         pairs = self.pairs(batch)
         eos = [self.tokenizer.eos_token_id]
-        sources = [self._encode(p, self.max_input_tokens, keep_end=True) for _, p, _ in pairs]
-        targets = [self._encode(t, self.max_target_tokens - 1, keep_end=False) + eos for _, _, t in pairs]
+        sources = [self._encode_prompt(task_id, prompt) for task_id, prompt, _ in pairs]
+        targets = [self._encode(t)[: self.max_target_tokens - 1] + eos for _, _, t in pairs]
         pad = self.tokenizer.pad_token_id
         if self.seq2seq:
             input_ids, attention = _pad(sources, pad)
             labels, _ = _pad(targets, IGNORE_INDEX)
-            features = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         else:
-            joined = [s + t for s, t in zip(sources, targets)]
-            label_rows = [[IGNORE_INDEX] * len(s) + t for s, t in zip(sources, targets)]
-            input_ids, attention = _pad(joined, pad)
-            labels, _ = _pad(label_rows, IGNORE_INDEX)
-            features = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+            input_ids, attention = _pad([s + t for s, t in zip(sources, targets)], pad)
+            labels, _ = _pad([[IGNORE_INDEX] * len(s) + t for s, t in zip(sources, targets)], IGNORE_INDEX)
+        features = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         features = {k: torch.tensor(v) for k, v in features.items()}
         features["task_ids"] = torch.tensor([task_id for task_id, _, _ in pairs])
         return features
 
-    def _encode(self, text: str, limit: int, keep_end: bool) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= limit:
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _encode_prompt(self, task_id: int, prompt: str) -> list[int]:
+        """The prompt as evaluation tokenises it; when too long, the task prefix plus the END of the input
+        (the question and options follow a PubMedQA-style context), so tasks stay distinguishable."""
+        ids = self._encode(prompt)
+        if len(ids) <= self.max_input_tokens:
             return ids
-        # Keep the end of long inputs: the question and options follow the (PubMedQA-style) context.
-        return ids[-limit:] if keep_end else ids[:limit]
+        prefix = self.tasks[task_id].prefix
+        prefix_ids = self._encode(prefix)
+        rest = self._encode(prompt[len(prefix):])
+        return prefix_ids + rest[len(rest) - (self.max_input_tokens - len(prefix_ids)):]
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[list[list[int]], list[list[int]]]:

@@ -1,0 +1,36 @@
+"""The README's first command: the embedded demo job with the real SmolLM2-135M weights, end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_manifest, read_table
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def test_demo_job_end_to_end(tmp_path: Path):
+    exe = shutil.which("tinyllm-ray")
+    assert exe, "the console script must be installed (bash .ci/setup)"
+    env = dict(os.environ)
+    env.pop("TINYLLM_RAY_CACHE", None)  # reuse the converted SmolLM2 folder like a user would
+    out = tmp_path / "demo"
+    proc = subprocess.run([exe, "run", "demo", "-o", str(out)], env=env, capture_output=True, text=True,
+                          timeout=40 * 60)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for teacher in ("smollm2_greedy", "smollm2_sampled"):
+        manifest = read_manifest(out / "rationales" / teacher)
+        assert manifest["counts"]["rows"] == 48 and manifest["counts"]["errors"] == 0
+        rows = read_table(out / "rationales" / teacher, RATIONALE_SCHEMA).to_pylist()
+        assert sum(1 for r in rows if len(r["rationale"].split()) >= 3) >= 40, "a real model writes real text"
+    assert read_manifest(out / "student")["optimizer_steps"] == 6
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    assert [r["name"] for r in report["results"][1:]] == ["smollm2_greedy", "smollm2_sampled"]
+    assert all(r["total"] == 16 for r in report["results"])
+    assert "| model | role | accuracy |" in proc.stdout

@@ -1,0 +1,217 @@
+"""Training table join and the multi-task collator, with a tiny word-level tokenizer built in memory."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from tinyllm_ray import prompts
+from tinyllm_ray.losses import IGNORE_INDEX
+from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, training_schema
+from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_rationale
+
+PROBLEMS = [
+    {"id": "p1", "dataset": "demo", "split": "train", "question": "What melts ice?",
+     "choices": ["heat", "cold"], "answer_index": 0, "answer": "heat", "context": None},
+    {"id": "p2", "dataset": "demo", "split": "train", "question": "What do fish breathe with?",
+     "choices": ["lungs", "gills"], "answer_index": 1, "answer": "gills", "context": "Fish live in water."},
+    {"id": "p3", "dataset": "demo", "split": "train", "question": "Which gas do plants absorb?",
+     "choices": ["oxygen", "carbon dioxide"], "answer_index": 1, "answer": "carbon dioxide", "context": None},
+]
+
+CORPUS = [
+    "predict : explain : rationale : Answer Choices ( a ) ( b ) ( c ) ( d )",
+    "What melts ice ? heat cold What do fish breathe with ? lungs gills Fish live in water .",
+    "Which gas do plants absorb ? oxygen carbon dioxide because heat is warm and gills take oxygen from water",
+    " ".join(f"w{i}" for i in range(200)),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def rationale_rows(teacher: str, rows: list[tuple[str, str, str | None]]) -> pa.Table:
+    records = [{
+        "id": pid, "dataset": "demo", "teacher": teacher, "model": "m", "prompt": "p", "rationale": text,
+        "num_prompt_tokens": 1, "num_generated_tokens": 1, "finish_reason": "stop", "sampling_params": "{}",
+        "error": error,
+    } for pid, text, error in rows]
+    return pa.Table.from_pylist(records, schema=RATIONALE_SCHEMA)
+
+
+TASKS = tasks_for("predict: ", 1.0, [("a", "explain: ", 0.5), ("b", "rationale: ", 2.0)])
+
+
+# ---------------------------------------------------------------- tasks and the training table
+
+def test_tasks_for():
+    assert [(t.name, t.prefix, t.column, t.weight) for t in TASKS] == [
+        ("answer", "predict: ", "answer", 1.0),
+        ("a", "explain: ", "rationale__a", 0.5),
+        ("b", "rationale: ", "rationale__b", 2.0),
+    ]
+
+
+def test_usable_rationale():
+    assert usable_rationale({"rationale": "ok", "error": None})
+    assert not usable_rationale({"rationale": "ok", "error": "boom"})
+    assert not usable_rationale({"rationale": "  \n", "error": None})
+    assert not usable_rationale({"rationale": None, "error": None})
+
+
+def test_build_training_table_joins_by_id():
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    rationales = {
+        # out of order on purpose: the join is by id, not position
+        "a": rationale_rows("a", [("p3", " plants use it \n", None), ("p2", "partial", "engine error"),
+                                  ("p1", "   ", None)]),
+        "b": rationale_rows("b", [("p2", "gills take oxygen", None), ("p1", "heat is warm", None)]),
+    }
+    table, usable = build_training_table(problems, rationales)
+    assert table.schema == training_schema(["a", "b"])
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == ["p1", "p2", "p3"]
+    assert [r["answer"] for r in rows] == ["heat", "gills", "carbon dioxide"]
+    assert rows[1]["input"] == prompts.student_input(PROBLEMS[1])
+    assert rows[1]["input"].startswith("Fish live in water.\nWhat do fish breathe with?\nAnswer Choices:\n(a) lungs")
+    assert [r["rationale__a"] for r in rows] == [None, None, "plants use it"]  # empty, errored, stripped
+    assert [r["rationale__b"] for r in rows] == ["heat is warm", "gills take oxygen", None]  # missing row
+    assert usable == {"a": 1, "b": 2}
+
+
+def test_build_training_table_no_teachers():
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    table, usable = build_training_table(problems, {})
+    assert table.column_names == ["id", "input", "answer"] and table.num_rows == 3 and usable == {}
+
+
+def test_usable_counts_only_joined_rationales():
+    problems = pa.Table.from_pylist(PROBLEMS[:1], schema=PROBLEM_SCHEMA)
+    rationales = {"a": rationale_rows("a", [("p1", "x", None), ("p2", "y", None), ("p3", "z", None)])}
+    table, usable = build_training_table(problems, rationales)
+    assert usable == {"a": table.column("rationale__a").length() - table.column("rationale__a").null_count} == {"a": 1}
+
+
+# ---------------------------------------------------------------- collation
+
+def batch_of(rows: list[dict]) -> dict[str, list]:
+    return {key: [r.get(key) for r in rows] for key in rows[0]}
+
+
+ROWS = [
+    {"id": "p1", "input": "What melts ice ?", "answer": "heat", "rationale__a": "heat is warm", "rationale__b": None},
+    {"id": "p2", "input": "What do fish breathe with ?", "answer": "gills",
+     "rationale__a": "gills take oxygen from water", "rationale__b": "  "},
+]
+
+
+def test_pairs_skip_missing_rationales(tokenizer):
+    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
+    pairs = collator.pairs(batch_of(ROWS))
+    assert pairs == [
+        (0, "predict: What melts ice ?\n", "heat"),
+        (1, "explain: What melts ice ?\n", "heat is warm"),
+        (0, "predict: What do fish breathe with ?\n", "gills"),
+        (1, "explain: What do fish breathe with ?\n", "gills take oxygen from water"),
+    ]
+
+
+def test_pairs_tolerate_absent_columns(tokenizer):
+    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
+    batch = {"input": ["What melts ice ?"], "answer": ["heat"]}
+    assert [task for task, _, _ in collator.pairs(batch)] == [0]
+
+
+def test_decoder_only_collation(tokenizer):
+    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
+    out = collator(batch_of(ROWS))
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert set(out) == {"input_ids", "attention_mask", "labels", "task_ids"}
+    assert out["task_ids"].tolist() == [0, 1, 0, 1]
+    assert all(v.dtype == torch.long for v in out.values())
+    assert out["input_ids"].shape == out["labels"].shape == out["attention_mask"].shape
+    assert out["input_ids"].shape[0] == 4
+    pairs = collator.pairs(batch_of(ROWS))
+    width = out["input_ids"].shape[1]
+    for row, (_, prompt, target) in enumerate(pairs):
+        p, t = ids(tokenizer, prompt), ids(tokenizer, target) + [eos]
+        n = len(p) + len(t)
+        assert tokenizer.unk_token_id not in p + t  # the fixture vocabulary covers the texts
+        assert out["input_ids"][row].tolist() == p + t + [pad] * (width - n)
+        assert out["labels"][row].tolist() == [IGNORE_INDEX] * len(p) + t + [IGNORE_INDEX] * (width - n)
+        assert out["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+    assert width == max(len(ids(tokenizer, p)) + len(ids(tokenizer, t)) + 1 for _, p, t in pairs)
+
+
+def test_seq2seq_collation(tokenizer):
+    collator = Collator(tokenizer, TASKS, seq2seq=True, max_input_tokens=64, max_target_tokens=16)
+    out = collator(batch_of(ROWS))
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pairs = collator.pairs(batch_of(ROWS))
+    assert out["task_ids"].tolist() == [0, 1, 0, 1]
+    in_width, label_width = out["input_ids"].shape[1], out["labels"].shape[1]
+    assert in_width == max(len(ids(tokenizer, p)) for _, p, _ in pairs)
+    assert label_width == max(len(ids(tokenizer, t)) + 1 for _, _, t in pairs)
+    for row, (_, prompt, target) in enumerate(pairs):
+        p, t = ids(tokenizer, prompt), ids(tokenizer, target) + [eos]
+        assert out["input_ids"][row].tolist() == p + [pad] * (in_width - len(p))
+        assert out["attention_mask"][row].tolist() == [1] * len(p) + [0] * (in_width - len(p))
+        assert out["labels"][row].tolist() == t + [IGNORE_INDEX] * (label_width - len(t))
+
+
+WORDS = [f"w{i}" for i in range(200)]
+
+
+@pytest.mark.parametrize("seq2seq", [True, False])
+def test_truncation_keeps_prefix_end_of_input_and_start_of_target(tokenizer, seq2seq):
+    long_input = " ".join(WORDS[:100])
+    long_target = " ".join(WORDS[100:200])
+    tasks = tasks_for("predict: ", 1.0, [])
+    collator = Collator(tokenizer, tasks, seq2seq=seq2seq, max_input_tokens=20, max_target_tokens=8)
+    out = collator({"input": [long_input], "answer": [long_target]})
+    eos = tokenizer.eos_token_id
+    prefix_ids = ids(tokenizer, "predict: ")
+    rest_ids = ids(tokenizer, prompts.student_prompt("", long_input))
+    target_ids = ids(tokenizer, long_target)
+    kept_input = prefix_ids + rest_ids[-(20 - len(prefix_ids)):]
+    kept_target = target_ids[:7] + [eos]
+    assert kept_input[-1] == tokenizer.convert_tokens_to_ids("w99")
+    assert kept_target[0] == tokenizer.convert_tokens_to_ids("w100")
+    if seq2seq:
+        assert out["input_ids"][0].tolist() == kept_input
+        assert out["labels"][0].tolist() == kept_target
+    else:
+        assert out["input_ids"][0].tolist() == kept_input + kept_target
+        assert out["labels"][0].tolist() == [IGNORE_INDEX] * 20 + kept_target
+    assert out["input_ids"].shape[1] == (20 if seq2seq else 28)
+
+
+def test_truncation_keeps_task_prefix(tokenizer):
+    long_input = " ".join(WORDS[:100])
+    collator = Collator(tokenizer, TASKS, seq2seq=True, max_input_tokens=20, max_target_tokens=8)
+    out = collator({"input": [long_input], "answer": ["heat"], "rationale__a": ["heat is warm"]})
+    answer_row, rationale_row = out["input_ids"].tolist()
+    assert answer_row[: len(ids(tokenizer, "predict: "))] == ids(tokenizer, "predict: ")
+    assert rationale_row[: len(ids(tokenizer, "explain: "))] == ids(tokenizer, "explain: ")
+    assert answer_row != rationale_row
+
+
+def test_collator_sets_pad_from_eos_when_missing(tokenizer):
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", unk_token="<unk>")
+    assert tok.pad_token_id is None
+    collator = Collator(tok, tasks_for("predict: ", 1.0, []), seq2seq=False, max_input_tokens=64, max_target_tokens=8)
+    assert tok.pad_token_id == tok.eos_token_id
+    out = collator({"input": ["What melts ice ?", "What do fish breathe with ?"], "answer": ["heat", "gills"]})
+    assert out["input_ids"].shape[0] == 2
