@@ -20,7 +20,7 @@ import pyarrow as pa
 from tinyllm_ray import prompts
 from tinyllm_ray.config import JobConfig, TeacherConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
-from tinyllm_ray.models import has_chat_template, resolve_model
+from tinyllm_ray.models import resolve_model
 from tinyllm_ray.schemas import (
     PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest, write_table,
 )
@@ -68,10 +68,13 @@ def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
 
 # ---------------------------------------------------------------- the teacher actor
 
-def sampling_dict(teacher: TeacherConfig, max_tokens: int | None = None) -> dict[str, Any]:
+def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = None) -> dict[str, Any]:
+    """The teacher's sampling for rationales; greedy for answers (teacher accuracy is measured deterministically)."""
     sampling = teacher.sampling.model_dump()
     if max_tokens is not None:
         sampling["max_tokens"] = max_tokens
+    if mode == "answer":
+        sampling.update(temperature=0.0, top_p=1.0)
     return sampling
 
 
@@ -103,7 +106,7 @@ class TeacherEngine:
         self.params = SamplingParams(**sampling)
         self.max_model_len = engine.max_model_len
         self.model_path = model_path
-        self.use_chat = self.teacher.chat_template == "auto" and has_chat_template(model_path)
+        self.use_chat = self.teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
         if not isinstance(demo_pool, pa.Table):  # an ObjectRef: one copy of the pool in the object store
             import ray
 
@@ -234,7 +237,7 @@ def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problem
     remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
     if resources.accelerator_type:
         remote_args["accelerator_type"] = resources.accelerator_type
-    sampling = sampling_dict(teacher, max_tokens)
+    sampling = sampling_dict(teacher, mode, max_tokens)
     # One block per engine batch: progress advances per batch and batches spread over the actor pool.
     blocks = [problems.slice(i, resources.batch_size) for i in range(0, problems.num_rows, resources.batch_size)]
     generated = ray.data.from_arrow(blocks).map_batches(

@@ -55,17 +55,14 @@ def resolve_model(spec: str) -> str:
     return spec  # a hub id: the cluster's nodes download it themselves
 
 
-def is_encoder_decoder(model_dir: str) -> bool:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return bool(config.get("is_encoder_decoder", False))
+def is_encoder_decoder(model: str) -> bool:
+    """From a local folder's config.json, else from the hub/object-store config (clusters with access)."""
+    local = Path(model) / "config.json"
+    if local.is_file():
+        return bool(json.loads(local.read_text()).get("is_encoder_decoder", False))
+    from transformers import AutoConfig
 
-
-def has_chat_template(model_dir: str) -> bool:
-    folder = Path(model_dir)
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    tokenizer_config = folder / "tokenizer_config.json"
-    return tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
+    return bool(AutoConfig.from_pretrained(model).is_encoder_decoder)
 
 
 def _publish(build_dir: Path, final_dir: Path) -> Path:

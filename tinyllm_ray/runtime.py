@@ -9,12 +9,13 @@ from tinyllm_ray.config import JobConfig
 
 log = logging.getLogger("tinyllm_ray")
 
-# Environment for every Ray worker: offline, quiet, CPU-friendly defaults that are harmless on GPU nodes.
+# Environment for the workers of a local cluster. On a real cluster the job's runtime env owns these: passing
+# our own to ray.init() there would clash with it ("Failed to merge the Job's runtime env").
 WORKER_ENV = {
-    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     "TOKENIZERS_PARALLELISM": "false",
     # ray.train.report() polls the controller; the default interval costs ~1.3 s per report.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+    **({"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}),
 }
 
 
@@ -39,18 +40,15 @@ def connect(config: JobConfig) -> None:
     import ray
     from ray.data import DataContext
 
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         address = config.ray_address or os.environ.get("RAY_ADDRESS")
-        runtime_env = {"env_vars": dict(WORKER_ENV)}
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=address)
         else:
             # A laptop has few cores; over-subscribing logical CPUs lets teacher actors, Ray Data tasks and
             # training workers coexist instead of waiting on each other forever.
             num_cpus = config.ray_num_cpus or max(4, 2 * (os.cpu_count() or 1))
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": dict(WORKER_ENV)})
     context = DataContext.get_current()
     # Ray 2.60's v2 Parquet reader starts ~32 helper processes: 10 s of start-up for small artifacts.
     context.use_datasource_v2 = False

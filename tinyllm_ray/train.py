@@ -44,6 +44,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     # DeepSpeed would otherwise JIT-compile a shared-memory op (~100 s on CPU) that training never uses.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Adopt the process group Ray Train created, so ZeRO-3's partitioned loading sees the real world size.
+    deepspeed.init_distributed()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(cfg["seed"] + rank)
