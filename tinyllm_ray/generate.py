@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ class TeacherEngine:
     """
 
     def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
-                 mode: str, sampling: dict):
+                 mode: str, sampling: dict, out_dir: str):
         from vllm import LLM, SamplingParams
 
         self.teacher = TeacherConfig.model_validate(teacher)
@@ -113,6 +112,7 @@ class TeacherEngine:
             demo_pool = ray.get(demo_pool)
         self.pool = demo_pool.to_pylist()
         self.num_demos, self.demo_seed, self.mode = num_demos, demo_seed, mode
+        self.out_dir = Path(out_dir)
 
     def render(self, problem: dict) -> str:
         demos = prompts.sample_demos(self.pool, problem["id"], self.num_demos, self.demo_seed)
@@ -125,7 +125,19 @@ class TeacherEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        problems = batch.to_pylist()
+        """Generate for whole shards and write each one atomically; a retried shard just rewrites its file."""
+        summary = {"shard": [], "rows": [], "errors": []}
+        shard_ids = batch.column(SHARD_COLUMN).to_pylist()
+        for shard in sorted(set(shard_ids)):
+            problems = [p for p, s in zip(batch.drop_columns([SHARD_COLUMN]).to_pylist(), shard_ids) if s == shard]
+            table = self.generate(problems)
+            write_table(table, self.out_dir / shard_file(shard))
+            summary["shard"].append(shard)
+            summary["rows"].append(table.num_rows)
+            summary["errors"].append(table.num_rows - table.column("error").null_count)
+        return pa.table(summary)
+
+    def generate(self, problems: list[dict]) -> pa.Table:
         rows = [self._row(p, self.render(p)) for p in problems]
         runnable = []
         for row in rows:
@@ -178,31 +190,51 @@ def teacher_fingerprint(config: JobConfig, teacher: TeacherConfig, problems_fing
                         "problems": problems_fingerprint, "mode": mode})
 
 
+SHARD_COLUMN = "__shard"
+PROGRESS = "_progress.json"
+
+
+def shard_file(shard: int) -> str:
+    return f"shard-{shard:06d}.parquet"
+
+
+def _plan(teacher: TeacherConfig, out_dir: Path, fingerprint: str, force: bool) -> dict[str, Any] | None:
+    """The finished manifest to reuse, or None to (re)run; partial output of the same config is resumed."""
+    manifest = read_manifest(out_dir)
+    progress_file = out_dir / PROGRESS
+    started = json.loads(progress_file.read_text()) if progress_file.is_file() else None
+    recorded = (manifest or started or {}).get("fingerprint")
+    if force:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return None
+    if recorded is not None and recorded != fingerprint:
+        state = "finished" if manifest else "partial"
+        raise GenerationError(
+            f"teacher {teacher.name!r}: {out_dir} holds {state} output of a different model/prompt/sampling config. "
+            "Rename the teacher to keep both, or pass --force to regenerate it.")
+    return manifest
+
+
 def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_root: Path, mode: str,
                  teachers: list[TeacherConfig], force: bool = False,
                  max_tokens: int | None = None) -> dict[str, dict[str, Any]]:
-    """Run every teacher whose output is missing or stale, all pools at once; return each teacher's manifest."""
+    """Run every teacher whose output is missing, partial or forced, all pools at once; return the manifests."""
     import ray
 
     problems_fingerprint = (read_manifest(layout.problems) or {}).get("fingerprint", "")
-    pool = load_frozen_problems(layout, "train")
-    pool_ref = ray.put(pool)
     todo, manifests = [], {}
     for teacher in teachers:
         out_dir = out_root / teacher.name
         fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, mode)
-        manifest = read_manifest(out_dir)
-        if manifest and manifest.get("fingerprint") == fingerprint and not force:
+        manifest = _plan(teacher, out_dir, fingerprint, force)
+        if manifest:
             log.info("teacher %s: reusing %s (%d rows)", teacher.name, out_dir, manifest["counts"]["rows"])
             manifests[teacher.name] = manifest
-            continue
-        if manifest and not force:
-            raise GenerationError(
-                f"teacher {teacher.name!r}: {out_dir} was generated with a different model/prompt/sampling config. "
-                "Rename the teacher to keep both, or pass --force to regenerate it.")
-        todo.append((teacher, out_dir, fingerprint))
+        else:
+            todo.append((teacher, out_dir, fingerprint))
     if not todo:
         return manifests
+    pool_ref = ray.put(load_frozen_problems(layout, "train"))
     # Resolve (and, for builtins, build) models once here: threads racing on first-time imports break them.
     model_paths = {teacher.model: resolve_model(teacher.model) for teacher, _, _ in todo}
     with ThreadPoolExecutor(max_workers=len(todo)) as threads:
@@ -217,12 +249,29 @@ def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_r
                 errors[name] = err
     if errors:
         details = "\n".join(f"  {name}: {type(e).__name__}: {e}" for name, e in errors.items())
-        raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones are kept and reused):\n{details}")
+        raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones and finished shards are kept; "
+                              f"rerun to resume):\n{details}")
     return manifests
 
 
-def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problems: pa.Table, pool_ref, out_dir: Path, fingerprint: str,
-             mode: str, max_tokens: int | None) -> dict[str, Any]:
+def _pending_shards(problems: pa.Table, out_dir: Path, fingerprint: str, shard_size: int) -> list[pa.Table]:
+    """Record (or read back) the shard layout, then return the shards that have no file yet."""
+    progress_file = out_dir / PROGRESS
+    if progress_file.is_file():
+        shard_size = json.loads(progress_file.read_text())["shard_size"]
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        progress_file.write_text(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size}))
+    pending = []
+    for shard, offset in enumerate(range(0, problems.num_rows, shard_size)):
+        if not (out_dir / shard_file(shard)).is_file():
+            rows = problems.slice(offset, shard_size)
+            pending.append(rows.append_column(SHARD_COLUMN, pa.array([shard] * rows.num_rows, pa.int64())))
+    return pending
+
+
+def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problems: pa.Table, pool_ref,
+             out_dir: Path, fingerprint: str, mode: str, max_tokens: int | None) -> dict[str, Any]:
     import ray
 
     from tinyllm_ray.runtime import teacher_env
@@ -233,66 +282,58 @@ def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problem
     if not on_gpu and not teacher.engine.kv_cache_memory_bytes:
         raise GenerationError(f"teacher {teacher.name!r} runs on CPU: set engine.kv_cache_memory_bytes "
                               "(e.g. 268435456); vLLM-CPU cannot size its KV cache itself")
-    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
-    remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
-    if resources.accelerator_type:
-        remote_args["accelerator_type"] = resources.accelerator_type
-    sampling = sampling_dict(teacher, mode, max_tokens)
-    # One block per engine batch: progress advances per batch and batches spread over the actor pool.
-    blocks = [problems.slice(i, resources.batch_size) for i in range(0, problems.num_rows, resources.batch_size)]
-    generated = ray.data.from_arrow(blocks).map_batches(
-        TeacherEngine,
-        fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
-                                   demo_pool=pool_ref, num_demos=config.prompts.num_demos,
-                                   demo_seed=config.prompts.demo_seed, mode=mode, sampling=sampling),
-        batch_size=resources.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
-        num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args)
-    try:
-        generated.write_parquet(str(staging))
-        table = read_table(staging, RATIONALE_SCHEMA)
-    except Exception:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    pending = _pending_shards(problems, out_dir, fingerprint, resources.batch_size)
+    if pending:
+        log.info("teacher %s: %d shard(s) to generate", teacher.name, len(pending))
+        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
+        if resources.accelerator_type:
+            remote_args["accelerator_type"] = resources.accelerator_type
+        # One block per shard and batch_size=None: every engine call is exactly one shard, and a lost actor's
+        # shard is retried on a restarted one (Ray Data restarts actors) and rewritten whole.
+        ray.data.from_arrow(pending).map_batches(
+            TeacherEngine,
+            fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
+                                       demo_pool=pool_ref, num_demos=config.prompts.num_demos,
+                                       demo_seed=config.prompts.demo_seed, mode=mode,
+                                       sampling=sampling_dict(teacher, mode, max_tokens), out_dir=str(out_dir)),
+            batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+            num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args,
+        ).materialize()
+    table = read_table(out_dir, RATIONALE_SCHEMA)
     stats = rationale_stats(table, problems)
     if stats["rows"] != problems.num_rows or stats["duplicate_ids"]:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise GenerationError(f"teacher {teacher.name!r}: wrote {stats['rows']} rows ({stats['duplicate_ids']} "
-                              f"duplicated) for {problems.num_rows} problems")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
-    manifest = write_manifest(
-        out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
-        mode=mode, counts=stats, seconds=round(time.time() - start, 2))
+        raise GenerationError(f"teacher {teacher.name!r}: {out_dir} has {stats['rows']} rows "
+                              f"({stats['duplicate_ids']} duplicated) for {problems.num_rows} problems; "
+                              "rerun with --force to regenerate it")
     rate = stats["errors"] / max(stats["rows"], 1)
     if rate > teacher.max_error_rate:
-        (out_dir / "manifest.json").unlink()
         raise GenerationError(
             f"teacher {teacher.name!r}: {stats['errors']}/{stats['rows']} rows failed ({rate:.1%} > max_error_rate "
             f"{teacher.max_error_rate:.1%}); rows kept in {out_dir} for `tinyllm-ray inspect`. First error: "
             f"{stats['first_error']}")
+    manifest = write_manifest(
+        out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
+        mode=mode, counts=stats, shards=len(list(out_dir.glob("shard-*.parquet"))),
+        seconds=round(time.time() - start, 2))
     log.info("teacher %s: %d rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], stats["errors"],
              stats["generated_tokens"], time.time() - start)
     return manifest
 
 
 def rationale_stats(table: pa.Table, problems: pa.Table) -> dict[str, Any]:
-    """Counts for the manifest and `inspect`: failures, empty/truncated/contradicting rationales, token totals."""
+    """Counts for the manifest and `inspect`: failures, quality flags (quality.py), token totals."""
+    from tinyllm_ray.quality import summarize_flags
+
     problems_by_id = {p["id"]: p for p in problems.to_pylist()}
     rows = table.to_pylist()
-    errors = [r for r in rows if r["error"]]
-    ok = [r for r in rows if not r["error"]]
-    contradicting = sum(
-        1 for r in ok if r["id"] in problems_by_id and prompts.rationale_contradicts(
-            r["rationale"], int(problems_by_id[r["id"]]["answer_index"]), list(problems_by_id[r["id"]]["choices"])))
+    errors = [r["error"] for r in rows if r["error"]]
+    flags = summarize_flags({**r, **{k: problems_by_id[r["id"]][k] for k in ("answer_index", "choices")}}
+                            if r["id"] in problems_by_id else r for r in rows)
     return {
         "rows": len(rows),
         "errors": len(errors),
-        "first_error": errors[0]["error"] if errors else None,
-        "empty": sum(1 for r in ok if not r["rationale"].strip()),
-        "truncated": sum(1 for r in ok if r["finish_reason"] == "length"),
-        "contradicting": contradicting,
+        "first_error": errors[0] if errors else None,
+        **{k: v for k, v in flags.items() if k != "checked"},
         "duplicate_ids": len(rows) - len({r["id"] for r in rows}),
         "prompt_tokens": int(sum(r["num_prompt_tokens"] for r in rows)),
         "generated_tokens": int(sum(r["num_generated_tokens"] for r in rows)),

@@ -93,8 +93,21 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         return schema.empty_table()
-    tables = [conform(pq.read_table(f), schema, str(f)) for f in files]
-    return pa.concat_tables(tables)
+    return pa.concat_tables([_read_one(f, schema) for f in files])
+
+
+REWRITE_HINT = "rerun the stage that wrote it with --force (it was edited by hand or written by another version)"
+
+
+def _read_one(file: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ArtifactError(f"{file}: not a readable Parquet file ({err}); {REWRITE_HINT}") from err
+    try:
+        return conform(table, schema, str(file))
+    except ArtifactError as err:
+        raise ArtifactError(f"{err}; {REWRITE_HINT}") from None
 
 
 # ---------------------------------------------------------------- manifests

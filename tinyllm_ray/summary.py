@@ -22,7 +22,7 @@ def _teacher_summary(directory: Path) -> dict[str, Any]:
     }
     if manifest:
         counts = manifest.get("counts", {})
-        summary.update({k: counts[k] for k in ("empty", "contradicting") if k in counts})
+        summary.update({k: counts[k] for k in ("empty", "degenerate", "truncated", "contradicting") if k in counts})
         summary["model"] = manifest.get("teacher", {}).get("model")
     return summary
 

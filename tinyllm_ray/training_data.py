@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tinyllm_ray import prompts
+from tinyllm_ray import prompts, quality
 from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import training_schema
 
@@ -37,20 +37,52 @@ def usable_rationale(row: Mapping[str, Any]) -> bool:
     return not row.get("error") and bool(str(row.get("rationale") or "").strip())
 
 
-def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table]) -> tuple[pa.Table, dict[str, int]]:
-    """Join problems with each teacher's rationales by id; returns the table and per-teacher usable counts."""
-    by_teacher = {
-        name: {r["id"]: r["rationale"].strip() for r in table.to_pylist() if usable_rationale(r)}
-        for name, table in rationales.items()
-    }
+COUNT_KEYS = ("usable", "missing", "failed") + tuple(f"dropped_{reason}" for reason in quality.DROP_REASONS)
+
+
+def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table],
+                         rationale_filter: Any = None) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """Join problems with each teacher's rationales by id; returns the table and per-teacher counts.
+
+    A teacher's target for a problem is null when its row is missing, failed (``error``), blank, or, with a
+    ``rationale_filter`` (``config.RationaleFilter``), dropped by it (:func:`quality.drop_reason`); the
+    answer task always stays. Counts per teacher, over the problems, add up to the number of problems:
+    ``usable``, ``missing``, ``failed`` and one ``dropped_<reason>`` per :data:`quality.DROP_REASONS`
+    (a rationale with several flags counts once, under the first reason in that order).
+    """
+    # a repeated id keeps its last usable row, as before (sorted is stable: unusable rows first)
+    by_teacher = {name: {r["id"]: r for r in sorted(table.to_pylist(), key=usable_rationale)}
+                  for name, table in rationales.items()}
+    counts = {name: dict.fromkeys(COUNT_KEYS, 0) for name in rationales}
     records = []
     for problem in problems.to_pylist():
         record = {"id": problem["id"], "input": prompts.student_input(problem), "answer": problem["answer"]}
-        for name, texts in by_teacher.items():
-            record[f"rationale__{name}"] = texts.get(problem["id"])
+        for name, rows in by_teacher.items():
+            outcome = _rationale_outcome(rows.get(problem["id"]), problem, rationale_filter)
+            counts[name][outcome] += 1
+            record[f"rationale__{name}"] = rows[problem["id"]]["rationale"].strip() if outcome == "usable" else None
         records.append(record)
-    usable = {name: sum(1 for r in records if r[f"rationale__{name}"] is not None) for name in by_teacher}
-    return pa.Table.from_pylist(records, schema=training_schema(list(rationales))), usable
+    return pa.Table.from_pylist(records, schema=training_schema(list(rationales))), counts
+
+
+def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any], rationale_filter: Any) -> str:
+    """``usable``, ``missing``, ``failed`` or ``dropped_<reason>`` for one teacher row of one problem."""
+    if row is None:
+        return "missing"
+    if row.get("error"):
+        return "failed"
+    if not usable_rationale(row):
+        return "dropped_empty"  # never trainable, whatever the filter says
+    if rationale_filter is None:
+        return "usable"
+    reason = quality.drop_reason(row["rationale"], row.get("finish_reason") or "", int(problem["answer_index"]),
+                                 list(problem["choices"]), rationale_filter)
+    return "usable" if reason is None else f"dropped_{reason}"
+
+
+def usable_counts(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """``{teacher: usable}`` from :func:`build_training_table` counts."""
+    return {name: teacher_counts["usable"] for name, teacher_counts in counts.items()}
 
 
 class Collator:

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from tinyllm_ray import prompts
 from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, training_schema
-from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_rationale
+from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_counts, usable_rationale
 
 PROBLEMS = [
     {"id": "p1", "dataset": "demo", "split": "train", "question": "What melts ice?",
@@ -88,7 +88,7 @@ def test_build_training_table_joins_by_id():
     assert rows[1]["input"].startswith("Fish live in water.\nWhat do fish breathe with?\nAnswer Choices:\n(a) lungs")
     assert [r["rationale__a"] for r in rows] == [None, None, "plants use it"]  # empty, errored, stripped
     assert [r["rationale__b"] for r in rows] == ["heat is warm", "gills take oxygen", None]  # missing row
-    assert usable == {"a": 1, "b": 2}
+    assert usable_counts(usable) == {"a": 1, "b": 2}
 
 
 def test_build_training_table_no_teachers():
@@ -101,7 +101,83 @@ def test_usable_counts_only_joined_rationales():
     problems = pa.Table.from_pylist(PROBLEMS[:1], schema=PROBLEM_SCHEMA)
     rationales = {"a": rationale_rows("a", [("p1", "x", None), ("p2", "y", None), ("p3", "z", None)])}
     table, usable = build_training_table(problems, rationales)
-    assert usable == {"a": table.column("rationale__a").length() - table.column("rationale__a").null_count} == {"a": 1}
+    assert usable_counts(usable) == {"a": table.column("rationale__a").length() - table.column("rationale__a").null_count} == {"a": 1}
+
+
+def test_build_training_table_counts_add_up_and_are_json():
+    import json
+
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    rationales = {"a": rationale_rows("a", [("p3", " plants use it \n", None), ("p2", "partial", "engine error"),
+                                            ("p1", "   ", None)])}
+    _, counts = build_training_table(problems, rationales)
+    assert counts == {"a": {"usable": 1, "missing": 0, "failed": 1, "dropped_empty": 1, "dropped_short": 0,
+                            "dropped_degenerate": 0, "dropped_truncated": 0, "dropped_contradicting": 0}}
+    assert json.loads(json.dumps(counts)) == counts  # train.py writes it into the student manifest
+    _, counts = build_training_table(pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA),
+                                     {"b": rationale_rows("b", [("p1", "heat is warm", None)])})
+    assert counts["b"]["usable"] == 1 and counts["b"]["missing"] == 2 and sum(counts["b"].values()) == 3
+
+
+def filtered_rows(teacher: str) -> pa.Table:
+    """p1 contradicts (names (b), gold is (a)); p2 is truncated and degenerate; p3 is short but fine."""
+    loop = "gills take oxygen from water. " * 6
+    records = [
+        {"id": "p1", "rationale": "Cold makes ice. Thus, the answer is (b) cold", "finish_reason": "stop"},
+        {"id": "p2", "rationale": loop + "gills take", "finish_reason": "length"},
+        {"id": "p3", "rationale": "plants use it", "finish_reason": "length"},
+    ]
+    return pa.Table.from_pylist([{
+        "dataset": "demo", "teacher": teacher, "model": "m", "prompt": "p", "num_prompt_tokens": 1,
+        "num_generated_tokens": 1, "sampling_params": "{}", "error": None, **r} for r in records],
+        schema=RATIONALE_SCHEMA)
+
+
+def test_build_training_table_without_filter_keeps_flagged_rationales():
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    table, counts = build_training_table(problems, {"a": filtered_rows("a")})
+    assert table.column("rationale__a").null_count == 0 and counts["a"]["usable"] == 3
+
+
+def test_build_training_table_default_filter_drops_contradicting_only():
+    from tinyllm_ray.config import RationaleFilter
+
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    table, counts = build_training_table(problems, {"a": filtered_rows("a")}, RationaleFilter())
+    rows = table.to_pylist()
+    assert [r["rationale__a"] is None for r in rows] == [True, False, False]
+    assert [r["answer"] for r in rows] == ["heat", "gills", "carbon dioxide"]  # the answer task stays
+    assert counts["a"]["usable"] == 2 and counts["a"]["dropped_contradicting"] == 1
+
+
+@pytest.mark.parametrize("settings, kept, dropped", [
+    ({"drop_contradicting": False}, [True, True, True], {}),
+    ({"drop_degenerate": True}, [False, False, True], {"dropped_contradicting": 1, "dropped_degenerate": 1}),
+    ({"drop_truncated": True, "drop_contradicting": False}, [True, False, False], {"dropped_truncated": 2}),
+    # p2 is both degenerate and truncated: counted once, under the first reason (degenerate)
+    ({"drop_truncated": True, "drop_degenerate": True}, [False, False, False],
+     {"dropped_contradicting": 1, "dropped_degenerate": 1, "dropped_truncated": 1}),
+    ({"min_words": 4, "drop_contradicting": False}, [True, True, False], {"dropped_short": 1}),
+])
+def test_build_training_table_filter_settings(settings, kept, dropped):
+    from tinyllm_ray.config import RationaleFilter
+
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    table, counts = build_training_table(problems, {"a": filtered_rows("a")}, RationaleFilter(**settings))
+    assert [r["rationale__a"] is not None for r in table.to_pylist()] == kept
+    assert {k: v for k, v in counts["a"].items() if k.startswith("dropped_") and v} == dropped
+    assert counts["a"]["usable"] == sum(kept) and sum(counts["a"].values()) == 3
+
+
+def test_filter_never_keeps_empty_or_failed_rationales():
+    from tinyllm_ray.config import RationaleFilter
+
+    problems = pa.Table.from_pylist(PROBLEMS[:2], schema=PROBLEM_SCHEMA)
+    rationales = {"a": rationale_rows("a", [("p1", " \n ", None), ("p2", "gills", "engine error")])}
+    keep_all = RationaleFilter(drop_empty=False, drop_contradicting=False)
+    table, counts = build_training_table(problems, rationales, keep_all)
+    assert table.column("rationale__a").null_count == 2
+    assert counts["a"]["dropped_empty"] == 1 and counts["a"]["failed"] == 1 and counts["a"]["usable"] == 0
 
 
 # ---------------------------------------------------------------- collation
