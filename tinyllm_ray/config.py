@@ -125,6 +125,17 @@ class StudentConfig(Strict):
     max_target_tokens: int = Field(256, ge=4)
 
 
+class RationaleFilter(Strict):
+    """Which teacher rationales become training targets (flags: ``tinyllm_ray.quality``). A dropped rationale
+    becomes null for that teacher; the problem's answer task stays."""
+
+    drop_empty: bool = Field(True, description="Drop blank rationales (they are never trainable; counted as dropped_empty).")
+    drop_degenerate: bool = Field(False, description="Drop rationales whose text mostly repeats itself verbatim.")
+    drop_truncated: bool = Field(False, description="Drop rationales cut off at sampling.max_tokens (finish_reason 'length').")
+    drop_contradicting: bool = Field(True, description="Drop rationales that end by naming a different option than the gold one.")
+    min_words: int = Field(0, ge=0, description="Drop rationales with fewer word tokens than this (0: no minimum).")
+
+
 class TrainingConfig(Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -143,6 +154,10 @@ class TrainingConfig(Strict):
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
     seed: int = 0
     log_every_steps: int = Field(1, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        50, ge=1, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
+    max_failures: int = Field(2, ge=-1, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
+    rationale_filter: RationaleFilter = RationaleFilter()
 
     @field_validator("alpha")
     @classmethod

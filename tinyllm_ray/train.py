@@ -1,10 +1,30 @@
 """Recipe: problems + rationales -> multi-task training set -> Ray Train workers running DeepSpeed ZeRO -> HF student.
 
 The loop below is the only training loop in the project; every worker runs it on its Ray Data shard.
+
+Failure handling (Ray 2.60, Train V2):
+
+* Every ``training.checkpoint_every_steps`` optimiser steps every rank writes its part of the DeepSpeed engine state
+  (``engine.save_checkpoint``: rank 0 the module/scheduler state, each rank its own ZeRO optimiser (and, for ZeRO-3,
+  parameter) shard) into its own temp folder and calls ``ray.train.report(checkpoint=...)`` with the same folder name.
+  Train V2 syncs that name across ranks and merges every rank's files into ONE checkpoint folder in the run's storage,
+  registered once all ranks have reported. So every shard is persisted, even with ZeRO-2/3 across several nodes
+  (multi-node needs storage every node sees: NFS or an object store).
+* A worker dying (``FailureConfig(max_failures=training.max_failures)``) makes the controller restart the whole worker
+  group; each new worker gets ``ray.train.get_checkpoint()`` (the latest registered checkpoint), loads its shard with
+  ``engine.load_checkpoint``, restores the step counters and skips the micro-batches already consumed in the current
+  epoch. The shard order is the same in every attempt (seeded permutation in the driver, ``preserve_order`` ingest), so
+  the run ends after exactly the planned number of optimiser steps (``micro_step_plan``).
+* The run ends with rank 0's plain HF export, reported with ``final=True``: that is ``result.checkpoint``.
+* The whole driver dying: re-running ``tinyllm-ray train`` with unchanged settings reuses the same
+  ``RunConfig(name, storage_path)`` (the name carries the config fingerprint), and Train V2 restores that run's
+  checkpoint list from storage, so training resumes from its latest checkpoint (or, when the final export had already
+  been registered, finishes at once with it). ``--force`` deletes that run's storage and trains from scratch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -20,6 +40,14 @@ from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, 
 log = logging.getLogger("tinyllm_ray")
 
 
+# Written into every checkpoint this loop reports: what it holds and how far training had got.
+STATE_FILE = "tinyllm_train_state.json"
+DEEPSPEED_TAG = "deepspeed"  # DeepSpeed's tag sub-folder inside a mid-run checkpoint
+# Training settings that change how a run is carried out, not what it trains: not part of the student fingerprint
+# (so changing them reuses the student, or resumes the same Ray Train run).
+OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failures"}
+
+
 class TrainingError(RuntimeError):
     """Training could not start or finish; the message says which input or setting to fix."""
 
@@ -33,7 +61,8 @@ def _load_model(model_path: str, seq2seq: bool):
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
-    """One Ray Train worker: build the student under DeepSpeed, stream its shard, export HF weights on rank 0."""
+    """One Ray Train worker: build the student under DeepSpeed (resuming from the run's latest checkpoint if any),
+    stream its shard, checkpoint every N steps, export HF weights on rank 0."""
     import deepspeed
     import ray.train
     import torch
@@ -42,37 +71,62 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
     from tinyllm_ray.training_data import Collator, Task
 
+    resume = _read_resume_state(ray.train.get_checkpoint())
+    if resume is not None and resume["kind"] == "final":
+        # A previous attempt (or driver) already registered the final export: it stays the run's result.
+        return
     # DeepSpeed would otherwise JIT-compile a shared-memory op (~100 s on CPU) that training never uses.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     # Adopt the process group Ray Train created, so ZeRO-3's partitioned loading sees the real world size.
     deepspeed.init_distributed()
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    torch.manual_seed(cfg["seed"] + rank)
     ds_config = cfg["deepspeed"]
+    accumulation = ds_config["gradient_accumulation_steps"]
     seq2seq = cfg["seq2seq"]
     tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
     if ds_config["zero_optimization"]["stage"] == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - partitions weights while they load
+    torch.manual_seed(cfg["seed"] + rank)
     model = _load_model(cfg["model_path"], seq2seq)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     warmup = cfg["warmup_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    micro_steps, tokens, seconds_before = 0, 0, 0.0
+    resumed_from = None
+    if resume is not None:
+        _load_engine(engine, resume)
+        micro_steps, tokens = resume["micro_steps"], resume["train_tokens"]
+        seconds_before, resumed_from = resume["train_seconds"], resume["step"]
+        # A fresh, reproducible random stream for the rest of the run (dropout etc.).
+        torch.manual_seed(cfg["seed"] + rank + 1_000_003 * resumed_from)
+        if rank == 0:
+            print(f"[train] resumed from step {resumed_from}/{cfg['total_optimizer_steps']} "
+                  f"({micro_steps} micro steps done)", flush=True)
+    start_epoch, skip = resume_position(micro_steps, cfg["micro_steps_per_epoch"])
     tasks = [Task(**t) for t in cfg["tasks"]]
     weights = torch.tensor([t.weight for t in tasks])
     collate = Collator(tokenizer, tasks, seq2seq, cfg["max_input_tokens"], cfg["max_target_tokens"])
     shard = ray.train.get_dataset_shard("train")
-    micro_steps, started = 0, time.time()
-    tokens = 0
-    for epoch in range(cfg["epochs"]):
+    started = time.time()
+
+    def progress(step: int, epoch: int) -> dict[str, Any]:
+        return {"step": step, "epoch": epoch, "micro_steps": micro_steps, "train_tokens": tokens,
+                "train_seconds": seconds_before + time.time() - started, "resumed_from_step": resumed_from}
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        if micro_steps >= cfg["total_micro_steps"]:
+            break
         batches = shard.iter_batches(batch_size=ds_config["train_micro_batch_size_per_gpu"], batch_format="numpy",
                                      drop_last=True)
         for index, raw in enumerate(batches):
             if index >= cfg["micro_steps_per_epoch"] or micro_steps >= cfg["total_micro_steps"]:
                 break  # every rank must take the same number of steps or ZeRO's collectives hang
+            if epoch == start_epoch and index < skip:
+                continue  # consumed before the checkpoint this attempt resumed from
             batch = {k: v.to(engine.device) for k, v in collate({k: list(v) for k, v in raw.items()}).items()}
             if seq2seq:
                 decoder_inputs = engine.module.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
@@ -86,17 +140,76 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             engine.step()
             micro_steps += 1
             tokens += int(batch["attention_mask"].sum())
-            step = micro_steps // ds_config["gradient_accumulation_steps"]
-            if engine.is_gradient_accumulation_boundary() and step % cfg["log_every_steps"] == 0:
-                metrics = {"step": step, "epoch": epoch, "loss": float(loss),
-                           "tokens_per_s": tokens / max(time.time() - started, 1e-9)}
-                metrics.update({f"loss/{tasks[t].name}": float(v) for t, v in per_task.items()})
+            if micro_steps % accumulation:
+                continue
+            step = micro_steps // accumulation
+            metrics = {**progress(step, epoch), "loss": float(loss),
+                       "tokens_per_s": tokens / max(seconds_before + time.time() - started, 1e-9)}
+            metrics.update({f"loss/{tasks[t].name}": float(v) for t, v in per_task.items()})
+            if checkpoint_due(step, cfg["checkpoint_every_steps"], cfg["total_optimizer_steps"]):
+                _save_checkpoint(engine, rank, metrics, progress(step, epoch))
+            elif step % cfg["log_every_steps"] == 0:
                 ray.train.report(metrics)
-                if rank == 0:
-                    print(f"[train] step {step}/{cfg['total_optimizer_steps']} loss {float(loss):.4f} "
-                          + " ".join(f"{tasks[t].name}={float(v):.3f}" for t, v in per_task.items()), flush=True)
-    _export(engine, tokenizer, rank, {"step": micro_steps // ds_config["gradient_accumulation_steps"],
-                                      "train_seconds": time.time() - started, "train_tokens": tokens})
+            if rank == 0 and step % cfg["log_every_steps"] == 0:
+                print(f"[train] step {step}/{cfg['total_optimizer_steps']} loss {float(loss):.4f} "
+                      + " ".join(f"{tasks[t].name}={float(v):.3f}" for t, v in per_task.items()), flush=True)
+    final = progress(micro_steps // accumulation, max(micro_steps - 1, 0) // cfg["micro_steps_per_epoch"])
+    _export(engine, tokenizer, rank, final)
+
+
+def resume_position(micro_steps_done: int, micro_steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch to continue in, micro-batches of that epoch's shard already consumed) after ``micro_steps_done``."""
+    if micro_steps_per_epoch <= 0:
+        raise ValueError("micro_steps_per_epoch must be positive")
+    return divmod(max(micro_steps_done, 0), micro_steps_per_epoch)
+
+
+def checkpoint_due(step: int, every: int | None, total_steps: int) -> bool:
+    """Save a resumable checkpoint after this optimiser step? Never at the last one: the final export follows."""
+    return bool(every) and step % every == 0 and step < total_steps
+
+
+def _read_resume_state(checkpoint) -> dict[str, Any] | None:
+    """The state file of the checkpoint Ray Train handed this attempt (None: fresh start), with its location.
+
+    Read straight from the checkpoint's filesystem: no download of the (large) engine state just to look at it.
+    """
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as stream:
+            state = json.loads(stream.read().decode())
+    except FileNotFoundError:
+        raise TrainingError(f"checkpoint {checkpoint.path} was not written by tinyllm_ray (no {STATE_FILE}); "
+                            "delete the run's Ray Train storage folder or train with --force") from None
+    state["checkpoint"] = checkpoint
+    return state
+
+
+def _load_engine(engine, state: dict[str, Any]) -> None:
+    """Every rank loads its own shard (and rank 0's module/scheduler state) from the merged checkpoint folder."""
+    with state["checkpoint"].as_directory() as folder:
+        path, _ = engine.load_checkpoint(folder, tag=state["tag"], load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+    if path is None:
+        raise TrainingError(f"could not load the DeepSpeed checkpoint in {state['checkpoint'].path}")
+    expected = state["micro_steps"] // engine.gradient_accumulation_steps()
+    if engine.global_steps != expected:
+        raise TrainingError(f"checkpoint {state['checkpoint'].path} holds step {engine.global_steps}, "
+                            f"its {STATE_FILE} says {expected}")
+
+
+def _save_checkpoint(engine, rank: int, metrics: dict[str, Any], progress: dict[str, Any]) -> None:
+    """Every rank saves its part of the engine state into its own folder; Ray merges them into one checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="tinyllm-ckpt-") as folder:
+        engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)  # collective: every rank must call it
+        if rank == 0:
+            (Path(folder) / STATE_FILE).write_text(json.dumps({"kind": "deepspeed", "tag": DEEPSPEED_TAG,
+                                                               **progress}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"step_{progress['step']:08d}")
 
 
 def _export(engine, tokenizer, rank: int, metrics: dict[str, Any]) -> None:
@@ -112,6 +225,7 @@ def _export(engine, tokenizer, rank: int, metrics: dict[str, Any]) -> None:
         if rank == 0:
             engine.module.save_pretrained(folder, state_dict=state)
             tokenizer.save_pretrained(folder)
+            (Path(folder) / STATE_FILE).write_text(json.dumps({"kind": "final", **metrics}))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({**metrics, "final": True}, checkpoint=checkpoint)
 
@@ -126,8 +240,9 @@ def load_rationales(layout: RunLayout, teacher: str):
 
 def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     """The `train` stage; reuses an existing student whose inputs and settings are unchanged."""
+    import numpy as np
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from tinyllm_ray.deepspeed_config import build_deepspeed_config
@@ -142,7 +257,7 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     rationales = {t.name: load_rationales(layout, t.name) for t in teachers}
     inputs = {t.name: read_manifest(layout.teacher_dir(t.name))["fingerprint"] for t in teachers}
     fingerprint = stable_hash({"student": config.student.model_dump(mode="json"),
-                               "training": config.training.model_dump(mode="json", exclude={"log_every_steps"}),
+                               "training": config.training.model_dump(mode="json", exclude=OPERATIONAL_SETTINGS),
                                "task_prefix": config.prompts.task_prefix, "rationales": inputs,
                                "prefixes": {t.name: t.rationale_prefix for t in teachers},
                                "problems": read_manifest(layout.problems)["fingerprint"]})
@@ -154,7 +269,11 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     seq2seq = {"seq2seq": True, "decoder": False}.get(config.student.architecture)
     if seq2seq is None:
         seq2seq = is_encoder_decoder(model_path)
-    table, usable = build_training_table(problems, rationales)
+    table, rationale_counts = build_training_table(problems, rationales, config.training.rationale_filter)
+    for name, counts in rationale_counts.items():
+        if counts["usable"] == 0:
+            log.warning("teacher %s: no usable rationale after training.rationale_filter (%s); only the answer "
+                        "task and the other teachers train", name, counts)
     training = config.training
     world = training.num_workers
     micro_per_epoch, total_micro = micro_step_plan(table.num_rows, training)
@@ -168,38 +287,60 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
         "micro_steps_per_epoch": micro_per_epoch, "total_micro_steps": total_micro,
         "total_optimizer_steps": total_micro // training.gradient_accumulation_steps,
         "tasks": [t.__dict__ for t in tasks], "log_every_steps": training.log_every_steps,
+        "checkpoint_every_steps": training.checkpoint_every_steps,
         "max_input_tokens": config.student.max_input_tokens, "max_target_tokens": config.student.max_target_tokens,
     }
     connect(config)
     resources = {"CPU": training.cpus_per_worker}
     if training.use_gpu:
         resources["GPU"] = 1
+    run_name = f"{config.name}-{fingerprint}"
+    if force and (layout.train_storage / run_name).exists():
+        # Same settings, but a retrain was asked for: Train V2 would otherwise resume (or reuse) the stored run.
+        shutil.rmtree(layout.train_storage / run_name)
+    # Shuffled once here with a seeded permutation and ingested in order: every attempt of the run (after a worker
+    # failure, or a re-run after the driver died) streams the same rows to the same rank, so resuming can skip
+    # exactly the micro-batches a checkpoint already covers.
+    order = np.random.default_rng(training.seed).permutation(table.num_rows)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=world, use_gpu=training.use_gpu, resources_per_worker=resources),
-        datasets={"train": ray.data.from_arrow(table).random_shuffle(seed=training.seed)},
-        run_config=RunConfig(name=f"{config.name}-{fingerprint}", storage_path=str(layout.train_storage)),
+        datasets={"train": ray.data.from_arrow(table.take(order))},
+        dataset_config=DataConfig(execution_options=ingest),
+        run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),
+                             failure_config=FailureConfig(max_failures=training.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     start = time.time()
     result = trainer.fit()
     if result.error:
         raise TrainingError(f"training failed: {result.error}")
-    if result.checkpoint is None:
-        raise TrainingError("training finished without exporting the student checkpoint")
+    checkpoint, metrics = final_export(result)
     staging = layout.root / f".student.staging-{uuid.uuid4().hex[:8]}"
-    with result.checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder:
         shutil.copytree(folder, staging)
     if layout.student.exists():
         shutil.rmtree(layout.student)
     staging.rename(layout.student)
-    metrics = dict(result.metrics or {})
     return write_manifest(
         layout.student, fingerprint=fingerprint, model=config.student.model, model_path=model_path, seq2seq=seq2seq,
         teachers=[t.name for t in teachers], alpha={t.name: config.alpha_for(t.name) for t in teachers},
-        usable_rationales=usable, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
+        rationales=rationale_counts, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
         train_tokens=metrics.get("train_tokens"), seconds=round(time.time() - start, 2),
+        resumed_from_step=metrics.get("resumed_from_step"),
         deepspeed=loop_config["deepspeed"])
+
+
+def final_export(result) -> tuple[Any, dict[str, Any]]:
+    """The run's final HF export (reported with ``final=True``), never a mid-run DeepSpeed checkpoint."""
+    candidates = [(result.checkpoint, result.metrics)] + list(reversed(result.best_checkpoints or []))
+    for checkpoint, metrics in candidates:
+        if checkpoint is not None and (metrics or {}).get("final"):
+            return checkpoint, dict(metrics)
+    raise TrainingError("training finished without exporting the student checkpoint")
 
 
 def micro_step_plan(rows: int, training) -> tuple[int, int]:

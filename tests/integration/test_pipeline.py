@@ -48,6 +48,7 @@ def test_run_writes_every_artifact(tiny_run: Path):
         assert json.loads(rows[0]["sampling_params"])["max_tokens"] in (16, 12)
     student = read_manifest(tiny_run / "student")
     assert student["optimizer_steps"] == 3 and student["teachers"] == ["tiny_a", "tiny_b"]
+    assert all(sum(student["rationales"][t].values()) == 16 for t in ("tiny_a", "tiny_b"))
     assert (tiny_run / "student" / "model.safetensors").is_file()
     report = json.loads((tiny_run / "evaluation" / "report.json").read_text())
     assert [r["role"] for r in report["results"]] == ["student", "teacher", "teacher"]
