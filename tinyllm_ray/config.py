@@ -153,7 +153,7 @@ class TrainingConfig(Strict):
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
     seed: int = 0
-    log_every_steps: int = Field(1, ge=1)
+    log_every_steps: int = Field(10, ge=1, description="Report metrics every N steps (each report costs ~0.1 s).")
     checkpoint_every_steps: int | None = Field(
         50, ge=1, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
     max_failures: int = Field(2, ge=-1, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
