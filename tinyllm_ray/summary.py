@@ -18,7 +18,6 @@ def _teacher_summary(directory: Path) -> dict[str, Any]:
         "rows": len(rows),
         "errors": len(rows) - len(ok),
         "mean_generated_tokens": round(sum(r["num_generated_tokens"] for r in ok) / max(len(ok), 1), 1),
-        "finish_length": sum(1 for r in ok if r["finish_reason"] == "length"),
     }
     if manifest:
         counts = manifest.get("counts", {})
