@@ -80,11 +80,6 @@ def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any]
     return "usable" if reason is None else f"dropped_{reason}"
 
 
-def usable_counts(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-    """``{teacher: usable}`` from :func:`build_training_table` counts."""
-    return {name: teacher_counts["usable"] for name, teacher_counts in counts.items()}
-
-
 class Collator:
     """Tokenises a batch of training rows into padded tensors plus the task id of every sequence."""
 

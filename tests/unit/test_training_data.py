@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from tinyllm_ray import prompts
 from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, training_schema
-from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_counts, usable_rationale
+from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_rationale
 
 PROBLEMS = [
     {"id": "p1", "dataset": "demo", "split": "train", "question": "What melts ice?",
@@ -88,7 +88,7 @@ def test_build_training_table_joins_by_id():
     assert rows[1]["input"].startswith("Fish live in water.\nWhat do fish breathe with?\nAnswer Choices:\n(a) lungs")
     assert [r["rationale__a"] for r in rows] == [None, None, "plants use it"]  # empty, errored, stripped
     assert [r["rationale__b"] for r in rows] == ["heat is warm", "gills take oxygen", None]  # missing row
-    assert usable_counts(usable) == {"a": 1, "b": 2}
+    assert {name: c["usable"] for name, c in usable.items()} == {"a": 1, "b": 2}
 
 
 def test_build_training_table_no_teachers():
@@ -101,7 +101,7 @@ def test_usable_counts_only_joined_rationales():
     problems = pa.Table.from_pylist(PROBLEMS[:1], schema=PROBLEM_SCHEMA)
     rationales = {"a": rationale_rows("a", [("p1", "x", None), ("p2", "y", None), ("p3", "z", None)])}
     table, usable = build_training_table(problems, rationales)
-    assert usable_counts(usable) == {"a": table.column("rationale__a").length() - table.column("rationale__a").null_count} == {"a": 1}
+    assert {name: c["usable"] for name, c in usable.items()} == {"a": table.column("rationale__a").length() - table.column("rationale__a").null_count} == {"a": 1}
 
 
 def test_build_training_table_counts_add_up_and_are_json():
