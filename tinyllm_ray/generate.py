@@ -128,8 +128,9 @@ class TeacherEngine:
         """Generate for whole shards and write each one atomically; a retried shard just rewrites its file."""
         summary = {"shard": [], "rows": [], "errors": []}
         shard_ids = batch.column(SHARD_COLUMN).to_pylist()
+        rows = batch.drop_columns([SHARD_COLUMN]).to_pylist()
         for shard in sorted(set(shard_ids)):
-            problems = [p for p, s in zip(batch.drop_columns([SHARD_COLUMN]).to_pylist(), shard_ids) if s == shard]
+            problems = [p for p, s in zip(rows, shard_ids) if s == shard]
             table = self.generate(problems)
             write_table(table, self.out_dir / shard_file(shard))
             summary["shard"].append(shard)
