@@ -82,6 +82,15 @@ class EngineConfig(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
 
 
+def positive_resources(value: dict[str, float]) -> dict[str, float]:
+    for name, amount in value.items():
+        if name in {"CPU", "GPU", "memory"}:
+            raise ValueError(f"{name!r} is not a custom resource: use the dedicated CPU/GPU settings")
+        if amount <= 0:
+            raise ValueError(f"custom resource {name!r} must be > 0, got {amount}")
+    return value
+
+
 class ResourceConfig(Strict):
     """What one teacher actor asks of the cluster, and how many actors the pool has."""
 
@@ -90,6 +99,14 @@ class ResourceConfig(Strict):
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per actor, e.g. {tinyllm_teacher: 1}: keeps teacher "
+        "actors on the nodes that advertise them (see cluster/).")
+
+    @field_validator("custom_resources")
+    @classmethod
+    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        return positive_resources(value)
 
 
 class TeacherConfig(Strict):
@@ -140,6 +157,10 @@ class TrainingConfig(Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    custom_resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the training workers' placement group across nodes.")
     zero_stage: Literal[0, 1, 2, 3] = 2
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
@@ -149,6 +170,8 @@ class TrainingConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0,
+                                 description="Train on this seeded random share of the training problems.")
     answer_weight: float = Field(1.0, ge=0.0)
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
@@ -167,11 +190,56 @@ class TrainingConfig(Strict):
                 raise ValueError(f"alpha for teacher {name!r} must be >= 0, got {weight}")
         return value
 
+    @field_validator("custom_resources_per_worker")
+    @classmethod
+    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        return positive_resources(value)
+
 
 class EvaluationConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     teachers: bool = Field(True, description="Also measure each teacher asked without the gold answer.")
+
+
+class MetricsConfig(Strict):
+    """Where training and generation metrics go, besides the log and the manifests.
+
+    ``auto`` turns a sink on when its package is installed and configured: MLflow when ``MLFLOW_TRACKING_URI`` is
+    set, W&B when ``WANDB_API_KEY`` or ``WANDB_MODE`` is set. ``true`` requires it (an error names what is missing).
+    """
+
+    tensorboard: bool = Field(True, description="Event files under <output_dir>/metrics/ (tensorboard --logdir).")
+    mlflow: bool | Literal["auto"] = "auto"
+    wandb: bool | Literal["auto"] = "auto"
+    experiment: str | None = Field(None, description="MLflow experiment / W&B project (default: the job name).")
+
+
+class SweepConfig(Strict):
+    """`tinyllm-ray sweep`: the grid of distillation settings trained over the cached rationales (one Ray Tune
+    trial each). An empty list keeps the job's own value for that axis."""
+
+    alpha: list[float] = Field(default_factory=list, description="Rationale loss weight, set for every distilled teacher.")
+    teacher_subsets: list[list[str]] = Field(default_factory=list, description="Teacher subsets to distil from.")
+    students: list[str] = Field(default_factory=list, description="Student models (student.model values).")
+    data_fractions: list[float] = Field(default_factory=list, description="training.data_fraction values.")
+    baselines: bool = Field(True, description="Add answer-only fine-tuning and each teacher alone.")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials training at once (default: as many as the cluster's free CPUs/GPUs fit).")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_non_negative(cls, value: list[float]) -> list[float]:
+        if any(a < 0 for a in value):
+            raise ValueError(f"every alpha must be >= 0, got {value}")
+        return value
+
+    @field_validator("data_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"every data fraction must be in (0, 1], got {value}")
+        return value
 
 
 class JobConfig(Strict):
@@ -185,6 +253,8 @@ class JobConfig(Strict):
     student: StudentConfig
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")
     def _teacher_references(self) -> "JobConfig":
@@ -199,6 +269,9 @@ class JobConfig(Strict):
             unknown = sorted(set(getattr(self.training, key) or []) - set(names))
             if unknown:
                 raise ValueError(f"training.{key} names unknown teachers {unknown}; known: {names}")
+        unknown = sorted({n for subset in self.sweep.teacher_subsets for n in subset} - set(names))
+        if unknown:
+            raise ValueError(f"sweep.teacher_subsets names unknown teachers {unknown}; known: {names}")
         return self
 
     def distilled_teachers(self) -> list[TeacherConfig]:

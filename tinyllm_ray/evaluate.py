@@ -72,14 +72,14 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(config: JobConfig, teachers: bool | None = None) -> dict[str, Any]:
-    """The `evaluate` stage on the held-out split (config.data.eval_split)."""
+def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout | None = None) -> dict[str, Any]:
+    """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
     import ray
 
     from tinyllm_ray.generate import load_frozen_problems, run_teachers
     from tinyllm_ray.runtime import connect
 
-    layout = RunLayout.of(config.output_dir)
+    layout = layout or RunLayout.of(config.output_dir)
     student = read_manifest(layout.student)
     if student is None:
         raise ArtifactError(f"no finished student at {layout.student}: run `tinyllm-ray train` first")

@@ -1,4 +1,4 @@
-"""Where each stage reads and writes under ``output_dir``; one place so stages and `inspect` agree."""
+"""Where each stage reads and writes under ``output_dir``; one place so stages, sweeps and `inspect` agree."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RunLayout:
+    """``root`` holds what every training run shares (problems, rationales); ``work`` what one run makes (student,
+    Ray Train storage, evaluation, training metrics): the root itself, or a sweep trial's own folder."""
+
     root: Path
+    work: Path
 
     @classmethod
     def of(cls, output_dir: str) -> "RunLayout":
-        return cls(Path(output_dir).expanduser().resolve())
+        root = Path(output_dir).expanduser().resolve()
+        return cls(root, root)
+
+    def trial(self, name: str) -> "RunLayout":
+        """The layout of one sweep trial: shared problems and rationales, its own student and evaluation."""
+        return RunLayout(self.root, self.sweep / "trials" / name)
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.work / "config.yaml"
 
     @property
     def problems(self) -> Path:
@@ -34,12 +43,21 @@ class RunLayout:
 
     @property
     def student(self) -> Path:
-        return self.root / "student"
+        return self.work / "student"
 
     @property
     def train_storage(self) -> Path:
-        return self.root / "ray_train"
+        return self.work / "ray_train"
 
     @property
     def evaluation(self) -> Path:
-        return self.root / "evaluation"
+        return self.work / "evaluation"
+
+    @property
+    def metrics(self) -> Path:
+        """TensorBoard event files: ``generate/<teacher>`` under the root, ``train`` under each run's work folder."""
+        return self.work / "metrics"
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep"

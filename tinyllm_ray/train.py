@@ -45,7 +45,8 @@ STATE_FILE = "tinyllm_train_state.json"
 DEEPSPEED_TAG = "deepspeed"  # DeepSpeed's tag sub-folder inside a mid-run checkpoint
 # Training settings that change how a run is carried out, not what it trains: not part of the student fingerprint
 # (so changing them reuses the student, or resumes the same Ray Train run).
-OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failures"}
+OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failures", "custom_resources_per_worker",
+                        "placement_strategy"}
 
 
 class TrainingError(RuntimeError):
@@ -238,8 +239,11 @@ def load_rationales(layout: RunLayout, teacher: str):
     return read_table(directory, RATIONALE_SCHEMA)
 
 
-def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
-    """The `train` stage; reuses an existing student whose inputs and settings are unchanged."""
+def train(config: JobConfig, force: bool = False, layout: RunLayout | None = None) -> dict[str, Any]:
+    """The `train` stage; reuses an existing student whose inputs and settings are unchanged.
+
+    ``layout`` puts the student elsewhere than ``output_dir`` (a sweep trial's folder); rationales stay shared.
+    """
     import numpy as np
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -249,9 +253,9 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     from tinyllm_ray.generate import load_frozen_problems
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.runtime import connect
-    from tinyllm_ray.training_data import build_training_table, tasks_for
+    from tinyllm_ray.training_data import build_training_table, take_fraction, tasks_for
 
-    layout = RunLayout.of(config.output_dir)
+    layout = layout or RunLayout.of(config.output_dir)
     problems = load_frozen_problems(layout, "train")
     teachers = config.distilled_teachers()
     rationales = {t.name: load_rationales(layout, t.name) for t in teachers}
@@ -269,6 +273,7 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     seq2seq = {"seq2seq": True, "decoder": False}.get(config.student.architecture)
     if seq2seq is None:
         seq2seq = is_encoder_decoder(model_path)
+    problems = take_fraction(problems, config.training.data_fraction, config.training.seed)
     table, rationale_counts = build_training_table(problems, rationales, config.training.rationale_filter)
     for name, counts in rationale_counts.items():
         if counts["usable"] == 0:
@@ -291,7 +296,7 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
         "max_input_tokens": config.student.max_input_tokens, "max_target_tokens": config.student.max_target_tokens,
     }
     connect(config)
-    resources = {"CPU": training.cpus_per_worker}
+    resources = {"CPU": training.cpus_per_worker, **training.custom_resources_per_worker}
     if training.use_gpu:
         resources["GPU"] = 1
     run_name = f"{config.name}-{fingerprint}"
@@ -307,7 +312,8 @@ def train(config: JobConfig, force: bool = False) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=world, use_gpu=training.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=training.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=training.placement_strategy),
         datasets={"train": ray.data.from_arrow(table.take(order))},
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),

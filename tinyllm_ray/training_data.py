@@ -33,6 +33,18 @@ def tasks_for(task_prefix: str, answer_weight: float, teachers: Sequence[tuple[s
     ]
 
 
+def take_fraction(problems: pa.Table, fraction: float, seed: int) -> pa.Table:
+    """A seeded random ``fraction`` of the problems (at least one), in their original order. Smaller fractions are
+    subsets of larger ones with the same seed, so a data-size sweep adds problems rather than swapping them."""
+    import numpy as np
+
+    if fraction >= 1.0:
+        return problems
+    keep = max(1, round(problems.num_rows * fraction))
+    chosen = np.sort(np.random.default_rng(seed).permutation(problems.num_rows)[:keep])
+    return problems.take(chosen)
+
+
 def usable_rationale(row: Mapping[str, Any]) -> bool:
     return not row.get("error") and bool(str(row.get("rationale") or "").strip())
 
