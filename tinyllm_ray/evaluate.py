@@ -95,7 +95,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
                 **score(problems, answers, parse=False)}]
     if config.evaluation.teachers if teachers is None else teachers:
         out_root = layout.evaluation / "teacher_answers"
-        run_teachers(config, layout, problems_table, out_root, "answer", config.teachers,
+        run_teachers(config, layout, "eval", out_root, "answer", config.teachers,
                      max_tokens=config.evaluation.max_new_tokens)
         for teacher in config.teachers:
             table = read_table(out_root / teacher.name, RATIONALE_SCHEMA)

@@ -21,7 +21,8 @@ from tinyllm_ray.config import JobConfig, TeacherConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.models import resolve_model
 from tinyllm_ray.schemas import (
-    PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest, write_table,
+    PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_footer, read_manifest, read_rows, read_table, write_manifest,
+    write_table,
 )
 
 log = logging.getLogger("tinyllm_ray")
@@ -33,14 +34,15 @@ class GenerationError(RuntimeError):
 
 # ---------------------------------------------------------------- problems
 
-def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) -> dict[str, pa.Table]:
-    """Load, validate and freeze the train and eval problems as Parquet (reused when the data config is unchanged)."""
+def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
+    """Load, validate and freeze the train and eval problems as Parquet (reused when the data config is unchanged);
+    returns the problems manifest."""
     from tinyllm_ray.data import load_problems
 
     fingerprint = stable_hash(config.data.model_dump(mode="json"))
     manifest = read_manifest(layout.problems)
     if manifest and manifest.get("fingerprint") == fingerprint and not force:
-        return {role: read_table(layout.problem_file(role), PROBLEM_SCHEMA) for role in ("train", "eval")}
+        return manifest
     if manifest and not force:
         raise GenerationError(
             f"{layout.problems} was built from a different data config; every later artifact depends on it. "
@@ -53,10 +55,14 @@ def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) 
     layout.problems.mkdir(parents=True, exist_ok=True)
     (layout.problems / "manifest.json").unlink(missing_ok=True)
     for role, table in tables.items():
-        write_table(table, layout.problem_file(role))
-    write_manifest(layout.problems, fingerprint=fingerprint, data=config.data.model_dump(mode="json"),
-                   counts={role: t.num_rows for role, t in tables.items()})
-    return tables
+        write_table(table, layout.problem_file(role), row_group_size=PROBLEM_ROW_GROUP)
+    return write_manifest(layout.problems, fingerprint=fingerprint, data=config.data.model_dump(mode="json"),
+                          counts={role: t.num_rows for role, t in tables.items()})
+
+
+# Teacher actors read their shard's rows straight from the frozen problems file: small row groups keep that read
+# (and the actor's memory) proportional to the shard, not to the dataset.
+PROBLEM_ROW_GROUP = 1024
 
 
 def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
@@ -85,7 +91,8 @@ class TeacherEngine:
     """
 
     def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
-                 mode: str, sampling: dict, out_dir: str):
+                 mode: str, sampling: dict, problems_path: str, out_dir: str):
+        import ray
         from vllm import LLM, SamplingParams
 
         self.teacher = TeacherConfig.model_validate(teacher)
@@ -107,12 +114,11 @@ class TeacherEngine:
         self.model_path = model_path
         self.use_chat = self.teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
         if not isinstance(demo_pool, pa.Table):  # an ObjectRef: one copy of the pool in the object store
-            import ray
-
             demo_pool = ray.get(demo_pool)
         self.pool = demo_pool.to_pylist()
         self.num_demos, self.demo_seed, self.mode = num_demos, demo_seed, mode
-        self.out_dir = Path(out_dir)
+        self.problems_path, self.out_dir = problems_path, Path(out_dir)
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def render(self, problem: dict) -> str:
         demos = prompts.sample_demos(self.pool, problem["id"], self.num_demos, self.demo_seed)
@@ -124,19 +130,22 @@ class TeacherEngine:
         messages.append({"role": "user", "content": text})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Generate for whole shards and write each one atomically; a retried shard just rewrites its file."""
-        summary = {"shard": [], "rows": [], "errors": []}
-        shard_ids = batch.column(SHARD_COLUMN).to_pylist()
-        rows = batch.drop_columns([SHARD_COLUMN]).to_pylist()
-        for shard in sorted(set(shard_ids)):
-            problems = [p for p, s in zip(rows, shard_ids) if s == shard]
+    def __call__(self, batch: dict) -> dict:
+        """Generate whole shards (each row of ``batch`` names one: shard, offset, rows), reading their problems from
+        the frozen Parquet file and writing each shard atomically with its stats in the file footer; a retried
+        shard just rewrites its file. Returns one small summary row per shard for progress and metrics."""
+        summary: dict[str, list] = {key: [] for key in SUMMARY_KEYS}
+        for shard, offset, count in zip(batch["shard"], batch["offset"], batch["rows"]):
+            start = time.time()
+            problems = read_rows(self.problems_path, int(offset), int(count), PROBLEM_SCHEMA).to_pylist()
             table = self.generate(problems)
-            write_table(table, self.out_dir / shard_file(shard))
-            summary["shard"].append(shard)
-            summary["rows"].append(table.num_rows)
-            summary["errors"].append(table.num_rows - table.column("error").null_count)
-        return pa.table(summary)
+            stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
+            write_table(table, self.out_dir / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
+            for key, value in (("shard", int(shard)), ("rows", stats["rows"]), ("errors", stats["errors"]),
+                               ("generated_tokens", stats["generated_tokens"]), ("node", self.node_id),
+                               ("seconds", time.time() - start)):
+                summary[key].append(value)
+        return summary
 
     def generate(self, problems: list[dict]) -> pa.Table:
         rows = [self._row(p, self.render(p)) for p in problems]
@@ -191,8 +200,8 @@ def teacher_fingerprint(config: JobConfig, teacher: TeacherConfig, problems_fing
                         "problems": problems_fingerprint, "mode": mode})
 
 
-SHARD_COLUMN = "__shard"
 PROGRESS = "_progress.json"
+SUMMARY_KEYS = ("shard", "rows", "errors", "generated_tokens", "node", "seconds")
 
 
 def shard_file(shard: int) -> str:
@@ -216,10 +225,11 @@ def _plan(teacher: TeacherConfig, out_dir: Path, fingerprint: str, force: bool) 
     return manifest
 
 
-def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_root: Path, mode: str,
+def run_teachers(config: JobConfig, layout: RunLayout, role: str, out_root: Path, mode: str,
                  teachers: list[TeacherConfig], force: bool = False,
                  max_tokens: int | None = None) -> dict[str, dict[str, Any]]:
-    """Run every teacher whose output is missing, partial or forced, all pools at once; return the manifests."""
+    """Run every teacher whose output is missing, partial or forced over the frozen ``role`` problems, all pools at
+    once; return the manifests."""
     import ray
 
     problems_fingerprint = (read_manifest(layout.problems) or {}).get("fingerprint", "")
@@ -238,10 +248,11 @@ def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_r
     pool_ref = ray.put(load_frozen_problems(layout, "train"))
     # Resolve (and, for builtins, build) models once here: threads racing on first-time imports break them.
     model_paths = {teacher.model: resolve_model(teacher.model) for teacher, _, _ in todo}
+    problems_path = layout.problem_file(role)
     with ThreadPoolExecutor(max_workers=len(todo)) as threads:
-        futures = {t.name: threads.submit(_run_one, config, t, model_paths[t.model], problems, pool_ref, out_dir,
-                                          fp, mode, max_tokens)
-                   for t, out_dir, fp in todo}
+        futures = {t.name: threads.submit(_run_one, config, layout, t, model_paths[t.model], problems_path, pool_ref,
+                                          out_dir, fp, mode, max_tokens, position)
+                   for position, (t, out_dir, fp) in enumerate(todo)}
         errors = {}
         for name, future in futures.items():
             try:
@@ -255,26 +266,31 @@ def run_teachers(config: JobConfig, layout: RunLayout, problems: pa.Table, out_r
     return manifests
 
 
-def _pending_shards(problems: pa.Table, out_dir: Path, fingerprint: str, shard_size: int) -> list[pa.Table]:
-    """Record (or read back) the shard layout, then return the shards that have no file yet."""
+def plan_shards(num_problems: int, shard_size: int) -> list[dict[str, int]]:
+    """Shard n covers problems ``n * shard_size`` onwards; the layout is recorded so resumes keep it."""
+    return [{"shard": shard, "offset": offset, "rows": min(shard_size, num_problems - offset)}
+            for shard, offset in enumerate(range(0, num_problems, shard_size))]
+
+
+def _shard_layout(num_problems: int, out_dir: Path, fingerprint: str, shard_size: int) -> list[dict[str, int]]:
+    """Record (or read back) the shard layout of this teacher's output folder."""
     progress_file = out_dir / PROGRESS
     if progress_file.is_file():
         shard_size = json.loads(progress_file.read_text())["shard_size"]
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         progress_file.write_text(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size}))
-    pending = []
-    for shard, offset in enumerate(range(0, problems.num_rows, shard_size)):
-        if not (out_dir / shard_file(shard)).is_file():
-            rows = problems.slice(offset, shard_size)
-            pending.append(rows.append_column(SHARD_COLUMN, pa.array([shard] * rows.num_rows, pa.int64())))
-    return pending
+    return plan_shards(num_problems, shard_size)
 
 
-def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problems: pa.Table, pool_ref,
-             out_dir: Path, fingerprint: str, mode: str, max_tokens: int | None) -> dict[str, Any]:
+def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model_path: str, problems_path: Path,
+             pool_ref, out_dir: Path, fingerprint: str, mode: str, max_tokens: int | None,
+             position: int) -> dict[str, Any]:
+    import pyarrow.parquet as pq
     import ray
+    from tqdm import tqdm
 
+    from tinyllm_ray.metrics import open_sinks
     from tinyllm_ray.runtime import teacher_env
 
     start = time.time()
@@ -283,29 +299,50 @@ def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problem
     if not on_gpu and not teacher.engine.kv_cache_memory_bytes:
         raise GenerationError(f"teacher {teacher.name!r} runs on CPU: set engine.kv_cache_memory_bytes "
                               "(e.g. 268435456); vLLM-CPU cannot size its KV cache itself")
-    pending = _pending_shards(problems, out_dir, fingerprint, resources.batch_size)
+    num_problems = pq.read_metadata(problems_path).num_rows
+    shards = _shard_layout(num_problems, out_dir, fingerprint, resources.batch_size)
+    pending = [s for s in shards if not (out_dir / shard_file(s["shard"])).is_file()]
     if pending:
-        log.info("teacher %s: %d shard(s) to generate", teacher.name, len(pending))
+        log.info("teacher %s: %d of %d shard(s) to generate", teacher.name, len(pending), len(shards))
         remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
         if resources.accelerator_type:
             remote_args["accelerator_type"] = resources.accelerator_type
-        # One block per shard and batch_size=None: every engine call is exactly one shard, and a lost actor's
-        # shard is retried on a restarted one (Ray Data restarts actors) and rewritten whole.
-        ray.data.from_arrow(pending).map_batches(
+        if resources.custom_resources:
+            remote_args["resources"] = dict(resources.custom_resources)
+        # One shard per engine call (batch_size=1 over shard descriptors): a lost actor's shard is retried on a
+        # restarted one (Ray Data restarts actors) and rewritten whole. The output is only a summary row per shard,
+        # consumed as it streams: nothing of the dataset is materialised on the driver.
+        summaries = ray.data.from_items(pending).map_batches(
             TeacherEngine,
             fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
                                        demo_pool=pool_ref, num_demos=config.prompts.num_demos,
                                        demo_seed=config.prompts.demo_seed, mode=mode,
-                                       sampling=sampling_dict(teacher, mode, max_tokens), out_dir=str(out_dir)),
-            batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+                                       sampling=sampling_dict(teacher, mode, max_tokens),
+                                       problems_path=str(problems_path), out_dir=str(out_dir)),
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
             num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args,
-        ).materialize()
-    table = read_table(out_dir, RATIONALE_SCHEMA)
-    stats = rationale_stats(table, problems)
-    if stats["rows"] != problems.num_rows or stats["duplicate_ids"]:
-        raise GenerationError(f"teacher {teacher.name!r}: {out_dir} has {stats['rows']} rows "
-                              f"({stats['duplicate_ids']} duplicated) for {problems.num_rows} problems; "
-                              "rerun with --force to regenerate it")
+        )
+        stage = "generate" if mode == "rationale" else "evaluate_teachers"
+        sinks = open_sinks(config.metrics, layout.metrics / stage / teacher.name, config.name,
+                           f"{config.name}-{stage}-{teacher.name}", {"teacher": teacher.name, "mode": mode})
+        done = {"shards": 0, "rows": 0, "errors": 0, "generated_tokens": 0}
+        try:
+            with tqdm(total=len(pending), desc=f"{teacher.name} shards", unit="shard", position=position) as bar:
+                for summary in summaries.iter_rows():
+                    done["shards"] += 1
+                    for key in ("rows", "errors", "generated_tokens"):
+                        done[key] += int(summary[key])
+                    elapsed = max(time.time() - start, 1e-9)
+                    bar.update(1)
+                    sinks.log({**done, "problems_per_s": done["rows"] / elapsed,
+                               "generated_tokens_per_s": done["generated_tokens"] / elapsed,
+                               "shard_seconds": float(summary["seconds"])}, step=done["shards"])
+        finally:
+            sinks.close()
+    stats, nodes = _collect_shard_stats(out_dir, problems_path, shards)
+    if stats["rows"] != num_problems:
+        raise GenerationError(f"teacher {teacher.name!r}: {out_dir} has {stats['rows']} rows for {num_problems} "
+                              "problems; rerun with --force to regenerate it")
     rate = stats["errors"] / max(stats["rows"], 1)
     if rate > teacher.max_error_rate:
         raise GenerationError(
@@ -314,19 +351,37 @@ def _run_one(config: JobConfig, teacher: TeacherConfig, model_path: str, problem
             f"{stats['first_error']}")
     manifest = write_manifest(
         out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
-        mode=mode, counts=stats, shards=len(list(out_dir.glob("shard-*.parquet"))),
-        seconds=round(time.time() - start, 2))
+        mode=mode, counts=stats, shards=len(shards), nodes=nodes, seconds=round(time.time() - start, 2))
     log.info("teacher %s: %d rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], stats["errors"],
              stats["generated_tokens"], time.time() - start)
     return manifest
 
 
-def rationale_stats(table: pa.Table, problems: pa.Table) -> dict[str, Any]:
-    """Counts for the manifest and `inspect`: failures, quality flags (quality.py), token totals."""
+def _collect_shard_stats(out_dir: Path, problems_path: Path,
+                         shards: list[dict[str, int]]) -> tuple[dict[str, Any], list[str]]:
+    """Sum the stats every shard file carries in its footer (one shard in memory at a time, for files written
+    without a footer) and list the nodes that generated them."""
+    parts, nodes = [], set()
+    for shard in shards:
+        path = out_dir / shard_file(shard["shard"])
+        if not path.is_file():
+            raise GenerationError(f"{path} is missing after generation; rerun to resume")
+        footer = read_footer(path)
+        if "stats" not in footer:
+            problems = read_rows(problems_path, shard["offset"], shard["rows"], PROBLEM_SCHEMA).to_pylist()
+            footer["stats"] = rationale_stats(read_table(path, RATIONALE_SCHEMA).to_pylist(),
+                                              {p["id"]: p for p in problems})
+        parts.append(footer["stats"])
+        if footer.get("node"):
+            nodes.add(footer["node"])
+    return merge_stats(parts), sorted(nodes)
+
+
+def rationale_stats(rows: list[dict[str, Any]], problems_by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Counts for the manifest and `inspect`: failures, quality flags (quality.py), token totals. Additive over
+    shards (:func:`merge_stats`)."""
     from tinyllm_ray.quality import summarize_flags
 
-    problems_by_id = {p["id"]: p for p in problems.to_pylist()}
-    rows = table.to_pylist()
     errors = [r["error"] for r in rows if r["error"]]
     flags = summarize_flags({**r, **{k: problems_by_id[r["id"]][k] for k in ("answer_index", "choices")}}
                             if r["id"] in problems_by_id else r for r in rows)
@@ -335,10 +390,23 @@ def rationale_stats(table: pa.Table, problems: pa.Table) -> dict[str, Any]:
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
         **{k: v for k, v in flags.items() if k != "checked"},
-        "duplicate_ids": len(rows) - len({r["id"] for r in rows}),
         "prompt_tokens": int(sum(r["num_prompt_tokens"] for r in rows)),
         "generated_tokens": int(sum(r["num_generated_tokens"] for r in rows)),
     }
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shard stats in shard order -> the teacher's: counts add up, ``first_error`` is the first shard's."""
+    merged: dict[str, Any] = {"first_error": None}
+    for part in parts:
+        for key, value in part.items():
+            if key == "first_error":
+                merged[key] = merged[key] or value
+            else:
+                merged[key] = merged.get(key, 0) + value
+    merged.setdefault("rows", 0)
+    merged.setdefault("errors", 0)
+    return merged
 
 
 def generate(config: JobConfig, force: bool = False, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -346,10 +414,10 @@ def generate(config: JobConfig, force: bool = False, only: list[str] | None = No
     from tinyllm_ray.runtime import connect
 
     layout = RunLayout.of(config.output_dir)
-    tables = prepare_problems(config, layout, force=force)
+    prepare_problems(config, layout, force=force)
     connect(config)
     teachers = [t for t in config.teachers if only is None or t.name in only]
     unknown = sorted(set(only or []) - {t.name for t in config.teachers})
     if unknown:
         raise GenerationError(f"unknown teacher(s) {unknown}; known: {[t.name for t in config.teachers]}")
-    return run_teachers(config, layout, tables["train"], layout.rationales, "rationale", teachers, force=force)
+    return run_teachers(config, layout, "train", layout.rationales, "rationale", teachers, force=force)

@@ -71,14 +71,19 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
         raise ArtifactError(f"{where}: columns do not match the expected schema: {err}") from err
 
 
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write one Parquet file atomically (temp file + rename)."""
+def write_table(table: pa.Table, path: str | Path, row_group_size: int | None = None,
+                footer: dict[str, Any] | None = None) -> None:
+    """Write one Parquet file atomically (temp file + rename). ``footer`` values are stored as JSON in the file's
+    key-value metadata (read back with :func:`read_footer` without reading any rows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if footer:
+        extra = {f"{FOOTER_PREFIX}{k}".encode(): json.dumps(v).encode() for k, v in footer.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=row_group_size)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -94,6 +99,33 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     if not files:
         return schema.empty_table()
     return pa.concat_tables([_read_one(f, schema) for f in files])
+
+
+FOOTER_PREFIX = "tinyllm_ray."
+
+
+def read_footer(path: str | Path) -> dict[str, Any]:
+    """The ``footer`` a file was written with (empty for files written without one)."""
+    metadata = pq.read_metadata(path).metadata or {}
+    return {k.decode()[len(FOOTER_PREFIX):]: json.loads(v) for k, v in metadata.items()
+            if k.decode().startswith(FOOTER_PREFIX)}
+
+
+def read_rows(path: str | Path, offset: int, count: int, schema: pa.Schema) -> pa.Table:
+    """Rows ``offset .. offset+count`` of one Parquet file, reading only the row groups that hold them: a teacher
+    actor loads its own shard of the problems, never the whole split."""
+    file = pq.ParquetFile(path)
+    groups, first_row, start = [], None, 0
+    for index in range(file.num_row_groups):
+        rows = file.metadata.row_group(index).num_rows
+        if start < offset + count and start + rows > offset:
+            groups.append(index)
+            first_row = start if first_row is None else first_row
+        start += rows
+    if not groups:
+        return schema.empty_table()
+    table = file.read_row_groups(groups).slice(offset - first_row, count)
+    return conform(table, schema, str(path))
 
 
 REWRITE_HINT = "rerun the stage that wrote it with --force (it was edited by hand or written by another version)"

@@ -82,6 +82,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     deepspeed.init_distributed()
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    worker_nodes = _gather_node_ids()
     ds_config = cfg["deepspeed"]
     accumulation = ds_config["gradient_accumulation_steps"]
     seq2seq = cfg["seq2seq"]
@@ -116,7 +117,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     def progress(step: int, epoch: int) -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "micro_steps": micro_steps, "train_tokens": tokens,
-                "train_seconds": seconds_before + time.time() - started, "resumed_from_step": resumed_from}
+                "train_seconds": seconds_before + time.time() - started, "resumed_from_step": resumed_from,
+                "worker_nodes": worker_nodes}
+
+    sinks = _open_rank0_sinks(cfg) if rank == 0 else None
 
     for epoch in range(start_epoch, cfg["epochs"]):
         if micro_steps >= cfg["total_micro_steps"]:
@@ -147,6 +151,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             metrics = {**progress(step, epoch), "loss": float(loss),
                        "tokens_per_s": tokens / max(seconds_before + time.time() - started, 1e-9)}
             metrics.update({f"loss/{tasks[t].name}": float(v) for t, v in per_task.items()})
+            if sinks is not None:
+                sinks.log({**metrics, "learning_rate": scheduler.get_last_lr()[0]}, step=step)
             if checkpoint_due(step, cfg["checkpoint_every_steps"], cfg["total_optimizer_steps"]):
                 _save_checkpoint(engine, rank, metrics, progress(step, epoch))
             elif step % cfg["log_every_steps"] == 0:
@@ -154,8 +160,33 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if rank == 0 and step % cfg["log_every_steps"] == 0:
                 print(f"[train] step {step}/{cfg['total_optimizer_steps']} loss {float(loss):.4f} "
                       + " ".join(f"{tasks[t].name}={float(v):.3f}" for t, v in per_task.items()), flush=True)
+    if sinks is not None:
+        sinks.close()
     final = progress(micro_steps // accumulation, max(micro_steps - 1, 0) // cfg["micro_steps_per_epoch"])
     _export(engine, tokenizer, rank, final)
+
+
+def _gather_node_ids() -> list[str]:
+    """The Ray node of every rank, in rank order (recorded in the student manifest: where training ran)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
+def _open_rank0_sinks(cfg: dict[str, Any]):
+    from tinyllm_ray.config import MetricsConfig
+    from tinyllm_ray.metrics import open_sinks
+
+    params = {"model_path": cfg["model_path"], "learning_rate": cfg["learning_rate"],
+              **{f"weight/{t['name']}": t["weight"] for t in cfg["tasks"]}}
+    return open_sinks(MetricsConfig.model_validate(cfg["metrics"]), Path(cfg["metrics_dir"]), cfg["experiment"],
+                      cfg["run_name"], params)
 
 
 def resume_position(micro_steps_done: int, micro_steps_per_epoch: int) -> tuple[int, int]:
@@ -294,12 +325,14 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         "tasks": [t.__dict__ for t in tasks], "log_every_steps": training.log_every_steps,
         "checkpoint_every_steps": training.checkpoint_every_steps,
         "max_input_tokens": config.student.max_input_tokens, "max_target_tokens": config.student.max_target_tokens,
+        "metrics": config.metrics.model_dump(mode="json"), "metrics_dir": str(layout.metrics / "train"),
+        "experiment": config.name, "run_name": f"{config.name}-{fingerprint}",
     }
     connect(config)
     resources = {"CPU": training.cpus_per_worker, **training.custom_resources_per_worker}
     if training.use_gpu:
         resources["GPU"] = 1
-    run_name = f"{config.name}-{fingerprint}"
+    run_name = loop_config["run_name"]
     if force and (layout.train_storage / run_name).exists():
         # Same settings, but a retrain was asked for: Train V2 would otherwise resume (or reuse) the stored run.
         shutil.rmtree(layout.train_storage / run_name)
@@ -336,7 +369,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         teachers=[t.name for t in teachers], alpha={t.name: config.alpha_for(t.name) for t in teachers},
         rationales=rationale_counts, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
         train_tokens=metrics.get("train_tokens"), seconds=round(time.time() - start, 2),
-        resumed_from_step=metrics.get("resumed_from_step"),
+        resumed_from_step=metrics.get("resumed_from_step"), worker_nodes=metrics.get("worker_nodes"),
         deepspeed=loop_config["deepspeed"])
 
 

@@ -347,3 +347,52 @@ def test_stable_hash_of_config_changes_with_override():
 def test_sampling_stop_override_list():
     config = load_config("tiny", ["teachers.tiny_a.sampling.stop=['###', END]"])
     assert config.teachers[0].sampling.stop == ["###", "END"]
+
+
+# ---------------------------------------------------------------- placement, metrics and sweep keys
+
+def test_custom_resources_for_teachers_and_trainers(tmp_path):
+    teachers = copy.deepcopy(BASE["teachers"])
+    teachers[0]["resources"] = {"custom_resources": {"tinyllm_teacher": 1}}
+    config = load_raw(tmp_path, raw(teachers=teachers, training={
+        "custom_resources_per_worker": {"tinyllm_trainer": 1}, "placement_strategy": "SPREAD"}))
+    assert config.teachers[0].resources.custom_resources == {"tinyllm_teacher": 1.0}
+    assert config.training.custom_resources_per_worker == {"tinyllm_trainer": 1.0}
+
+
+@pytest.mark.parametrize("resources,message", [
+    ({"GPU": 1}, "not a custom resource"),
+    ({"tinyllm_trainer": 0}, "must be > 0"),
+])
+def test_bad_custom_resources_rejected(tmp_path, resources, message):
+    with pytest.raises(ConfigError, match="training.custom_resources_per_worker") as info:
+        load_raw(tmp_path, raw(training={"custom_resources_per_worker": resources}))
+    assert message in str(info.value)
+
+
+def test_placement_strategy_and_data_fraction_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="training.placement_strategy"):
+        load_raw(tmp_path, raw(training={"placement_strategy": "ANYWHERE"}))
+    with pytest.raises(ConfigError, match="training.data_fraction"):
+        load_raw(tmp_path, raw(training={"data_fraction": 0}))
+
+
+def test_metrics_section(tmp_path):
+    config = load_raw(tmp_path, raw(metrics={"tensorboard": False, "mlflow": True, "wandb": "auto"}))
+    assert (config.metrics.tensorboard, config.metrics.mlflow, config.metrics.wandb) == (False, True, "auto")
+    with pytest.raises(ConfigError, match="metrics.mlflow"):
+        load_raw(tmp_path, raw(metrics={"mlflow": "sometimes"}))
+    with pytest.raises(ConfigError, match="metrics.tensorbord"):
+        load_raw(tmp_path, raw(metrics={"tensorbord": True}))
+
+
+def test_sweep_section_is_validated(tmp_path):
+    config = load_raw(tmp_path, raw(sweep={"alpha": [0.5, 1], "teacher_subsets": [["tiny_a"], []],
+                                           "data_fractions": [0.5, 1.0]}))
+    assert config.sweep.alpha == [0.5, 1.0] and config.sweep.baselines
+    with pytest.raises(ConfigError, match="sweep.teacher_subsets names unknown teachers"):
+        load_raw(tmp_path, raw(sweep={"teacher_subsets": [["ghost"]]}))
+    with pytest.raises(ConfigError, match="sweep.alpha"):
+        load_raw(tmp_path, raw(sweep={"alpha": [-1]}))
+    with pytest.raises(ConfigError, match="sweep.data_fractions"):
+        load_raw(tmp_path, raw(sweep={"data_fractions": [1.5]}))

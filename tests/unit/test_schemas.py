@@ -14,7 +14,9 @@ from tinyllm_ray.schemas import (
     RATIONALE_SCHEMA,
     ArtifactError,
     conform,
+    read_footer,
     read_manifest,
+    read_rows,
     read_table,
     training_schema,
     write_manifest,
@@ -163,3 +165,25 @@ def test_manifest_overwrite_and_caller_fields_win(tmp_path):
     write_manifest(tmp_path, fingerprint="two", host="pinned")
     back = read_manifest(tmp_path)
     assert back["fingerprint"] == "two" and back["host"] == "pinned"
+
+
+# ---------------------------------------------------------------- shard reads and footers
+
+def test_read_rows_reads_only_the_requested_range(tmp_path):
+    rows = [dict(PROBLEMS[i % 2], id=f"p{i}") for i in range(10)]
+    path = tmp_path / "problems.parquet"
+    write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), path, row_group_size=3)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    assert read_rows(path, 2, 5, PROBLEM_SCHEMA).column("id").to_pylist() == [f"p{i}" for i in range(2, 7)]
+    assert read_rows(path, 9, 5, PROBLEM_SCHEMA).column("id").to_pylist() == ["p9"]
+    assert read_rows(path, 10, 5, PROBLEM_SCHEMA).num_rows == 0
+    assert read_rows(path, 0, 10, PROBLEM_SCHEMA).schema == PROBLEM_SCHEMA
+
+
+def test_footer_round_trip_and_absent_footer(tmp_path):
+    table = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    write_table(table, tmp_path / "with.parquet", footer={"stats": {"rows": 2, "first_error": None}, "node": "n1"})
+    write_table(table, tmp_path / "without.parquet")
+    assert read_footer(tmp_path / "with.parquet") == {"stats": {"rows": 2, "first_error": None}, "node": "n1"}
+    assert read_footer(tmp_path / "without.parquet") == {}
+    assert read_table(tmp_path / "with.parquet", PROBLEM_SCHEMA).equals(table)  # the footer changes no data

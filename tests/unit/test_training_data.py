@@ -291,3 +291,17 @@ def test_collator_sets_pad_from_eos_when_missing(tokenizer):
     assert tok.pad_token_id == tok.eos_token_id
     out = collator({"input": ["What melts ice ?", "What do fish breathe with ?"], "answer": ["heat", "gills"]})
     assert out["input_ids"].shape[0] == 2
+
+
+def test_take_fraction_is_seeded_nested_and_keeps_order():
+    from tinyllm_ray.training_data import take_fraction
+
+    table = pa.Table.from_pylist([dict(PROBLEMS[0], id=f"p{i:02d}") for i in range(20)], schema=PROBLEM_SCHEMA)
+    assert take_fraction(table, 1.0, seed=0) is table
+    half = take_fraction(table, 0.5, seed=0).column("id").to_pylist()
+    quarter = take_fraction(table, 0.25, seed=0).column("id").to_pylist()
+    assert len(half) == 10 and len(quarter) == 5
+    assert set(quarter) <= set(half) and half == sorted(half)
+    assert take_fraction(table, 0.5, seed=0).column("id").to_pylist() == half  # same seed, same subset
+    assert take_fraction(table, 0.5, seed=1).column("id").to_pylist() != half
+    assert take_fraction(table, 0.001, seed=0).num_rows == 1  # never empty
