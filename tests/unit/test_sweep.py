@@ -1,0 +1,185 @@
+"""Sweep planning, per-trial configs, concurrency and the results writers (pure; no Ray)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from tinyllm_ray.config import ConfigError, TrainingConfig, load_config
+from tinyllm_ray.sweep import (
+    Trial, default_concurrency, plan_trials, render_csv, render_markdown, result_row, student_labels, summary,
+    teachers_needed, trial_bundles, trial_config, trial_need, write_results,
+)
+
+SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def plan(*overrides: str) -> list[Trial]:
+    return plan_trials(load_config("tiny", list(overrides)))
+
+
+def kinds(trials: list[Trial]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.kind] = out.get(t.kind, 0) + 1
+    return out
+
+
+def test_default_sweep_is_the_job_plus_baselines():
+    trials = plan()
+    assert [(t.kind, t.teachers, t.alpha) for t in trials] == [
+        ("tinyllm", ("tiny_a", "tiny_b"), None), ("answer_only", (), None),
+        ("single_teacher", ("tiny_a",), None), ("single_teacher", ("tiny_b",), None)]
+    assert {t.student for t in trials} == {"builtin:tiny-llama"} and {t.data_fraction for t in trials} == {1.0}
+    assert len(plan("sweep.baselines=false")) == 1
+
+
+def test_grid_is_the_product_of_the_axes_and_baselines_come_once_per_student_and_fraction():
+    trials = plan("sweep.alpha=[0.1, 1]", "sweep.students=[builtin:tiny-llama, builtin:tiny-t5]",
+                  "sweep.data_fractions=[0.5, 1]")
+    # per student x fraction: 2 alphas x 1 subset + 1 answer-only + 2 teachers x 2 alphas
+    assert len(trials) == 2 * 2 * (2 + 1 + 4)
+    assert kinds(trials) == {"tinyllm": 8, "answer_only": 4, "single_teacher": 16}
+    answer_only = [(t.student, t.data_fraction) for t in trials if t.kind == "answer_only"]
+    assert sorted(answer_only) == sorted({(t.student, t.data_fraction) for t in trials})
+    assert all(t.alpha is None and t.teachers == () for t in trials if t.kind == "answer_only")
+    assert len(set(trials)) == len(trials)
+
+
+def test_subsets_in_the_grid_are_not_repeated_as_baselines():
+    trials = plan("sweep.teacher_subsets=[[tiny_b, tiny_a], [tiny_a], []]", "sweep.alpha=[0.5]")
+    keys = [(t.teachers, t.alpha) for t in trials]
+    assert len(keys) == len(set(keys))
+    assert keys == [(("tiny_a", "tiny_b"), 0.5), (("tiny_a",), 0.5), ((), None), (("tiny_b",), 0.5)]
+    assert trials[0].teachers == ("tiny_a", "tiny_b")  # job order, whatever order the subset was written in
+
+
+def test_only_teachers_of_the_grid_get_single_teacher_baselines():
+    trials = plan("sweep.teacher_subsets=[[tiny_a]]")
+    assert [(t.kind, t.teachers) for t in trials] == [("single_teacher", ("tiny_a",)), ("answer_only", ())]
+    assert teachers_needed(load_config("tiny"), trials) == ["tiny_a"]
+
+
+def test_job_teacher_subset_is_the_default_axis():
+    trials = plan("training.teachers=[tiny_b]")
+    assert [(t.kind, t.teachers) for t in trials] == [("single_teacher", ("tiny_b",)), ("answer_only", ())]
+    assert [t.kind for t in plan("training.teachers=[]", "sweep.baselines=false")] == ["answer_only"]
+
+
+def test_names_are_unique_readable_and_filesystem_safe():
+    trials = plan("sweep.alpha=[0.01, 0.5, 2]", "sweep.data_fractions=[0.25, 1]",
+                  "sweep.students=[builtin:tiny-llama, /models/a/student, /models/b/student]")
+    names = [t.name for t in trials]
+    assert len(set(names)) == len(names)
+    assert all(SAFE.match(n) and len(n) < 120 for n in names)
+    assert "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f0.25" in names
+    assert "answer-only-tiny-llama-f1" in names and "single-tiny_b-a2-tiny-llama-f1" in names
+    labels = student_labels(["/models/a/student", "/models/b/student", "org/Model-1"])
+    assert labels["org/Model-1"] == "Model-1"
+    assert labels["/models/a/student"] != labels["/models/b/student"]
+    assert all(label.startswith("student.") for label in list(labels.values())[:2])
+
+
+def test_trial_config_sets_teachers_alpha_student_and_fraction():
+    config = load_config("tiny", ["training.alpha={tiny_a: 0.3, tiny_b: 2.0}", "student.architecture=decoder"])
+    trial = Trial("t", "single_teacher", ("tiny_b",), 0.5, "builtin:tiny-t5", 0.25)
+    job = trial_config(config, trial)
+    assert job.training.teachers == ["tiny_b"] and [t.name for t in job.distilled_teachers()] == ["tiny_b"]
+    assert job.training.alpha == {"tiny_b": 0.5} and job.training.data_fraction == 0.25
+    assert job.student.model == "builtin:tiny-t5" and job.student.architecture == "auto"
+    assert job.evaluation.teachers is False and job.sweep.alpha == []
+    assert job.output_dir == config.output_dir and job.teachers == config.teachers
+    # alpha None keeps the job's weights for the trial's own teachers only
+    keep = trial_config(config, Trial("k", "tinyllm", ("tiny_a", "tiny_b"), None, config.student.model, 1.0))
+    assert keep.training.alpha == {"tiny_a": 0.3, "tiny_b": 2.0}
+    assert keep.student.architecture == "decoder"
+
+
+def test_answer_only_trial_distils_no_teacher():
+    config = load_config("tiny", ["training.alpha={tiny_a: 0.3}"])
+    trial = next(t for t in plan_trials(config) if t.kind == "answer_only")
+    job = trial_config(config, trial)
+    assert job.training.teachers == [] and job.distilled_teachers() == [] and job.training.alpha == {}
+
+
+def test_unknown_teacher_subset_is_rejected_by_config_loading():
+    with pytest.raises(ConfigError, match="sweep.teacher_subsets names unknown teachers"):
+        load_config("tiny", ["sweep.teacher_subsets=[[tiny_a, nobody]]"])
+    with pytest.raises(ConfigError, match="data_fractions"):
+        load_config("tiny", ["sweep.data_fractions=[0]"])
+
+
+@pytest.mark.parametrize("cluster,training,expected", [
+    ({"CPU": 6}, {"num_workers": 1}, 2),                           # (6 - 1 free) // (1 worker + 1 eval)
+    ({"CPU": 6}, {"num_workers": 2}, 1),
+    ({"CPU": 2}, {"num_workers": 2}, 1),                           # never below one
+    ({"CPU": 64}, {"num_workers": 2, "cpus_per_worker": 4}, 7),    # 63 // 9
+    ({"CPU": 128, "GPU": 8}, {"num_workers": 2, "use_gpu": True}, 2),   # 8 // (2 workers + 1 eval GPU)
+    ({"CPU": 128, "GPU": 8}, {"num_workers": 4, "use_gpu": True}, 1),
+    ({"CPU": 128, "trainer": 4}, {"num_workers": 2, "custom_resources_per_worker": {"trainer": 1}}, 2),
+])
+def test_default_concurrency(cluster, training, expected):
+    assert default_concurrency(cluster, TrainingConfig(**training)) == expected
+
+
+def test_trial_resources_hold_the_evaluation_task():
+    assert trial_bundles(TrainingConfig()) == [{}, {"CPU": 1.0}]
+    assert trial_bundles(TrainingConfig(use_gpu=True)) == [{}, {"CPU": 1.0, "GPU": 1.0}]
+    assert trial_need(TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)) == {"CPU": 7.0, "GPU": 4.0}
+
+
+def _rows():
+    config = load_config("tiny", ["sweep.alpha=[0.5]"])
+    trials = plan_trials(config)
+    outcomes = {
+        "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1": {"accuracy": 0.5, "correct": 4, "total": 8,
+                                                     "optimizer_steps": 2, "train_seconds": 31.2},
+        "answer-only-tiny-llama-f1": {"accuracy": 0.25, "correct": 2, "total": 8, "optimizer_steps": 2,
+                                      "train_seconds": 30.0},
+        "single-tiny_a-a0.5-tiny-llama-f1": {"accuracy": 0.625, "correct": 5, "total": 8, "optimizer_steps": 2,
+                                             "train_seconds": 29.0},
+        "single-tiny_b-a0.5-tiny-llama-f1": {"error": "TrainingError: boom | twice"},
+    }
+    return [result_row(t, config, outcomes[t.name], None) for t in trials]
+
+
+def test_result_rows_and_summary():
+    rows = _rows()
+    assert [r["name"] for r in rows][0] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"
+    assert rows[0]["alpha"] == {"tiny_a": 0.5, "tiny_b": 0.5} and rows[0]["teachers"] == ["tiny_a", "tiny_b"]
+    assert rows[1]["alpha"] == {} and rows[1]["kind"] == "answer_only"
+    failed = rows[3]
+    assert failed["accuracy"] is None and failed["error"].startswith("TrainingError")
+    facts = summary(rows)
+    assert facts["best"] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"   # best non-baseline, not best overall
+    assert facts["baselines"] == {"single-tiny_a-a0.5-tiny-llama-f1": 0.625, "answer-only-tiny-llama-f1": 0.25}
+    assert facts["failed"] == ["single-tiny_b-a0.5-tiny-llama-f1"]
+
+
+def test_markdown_is_sorted_by_accuracy_and_names_best_and_baselines():
+    text = render_markdown(_rows(), "tiny")
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
+    assert [line.split(" | ")[0][2:] for line in table] == [
+        "single-tiny_a-a0.5-tiny-llama-f1", "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1",
+        "answer-only-tiny-llama-f1", "single-tiny_b-a0.5-tiny-llama-f1"]
+    assert all(line.count(" | ") == 10 for line in table)  # the error's "|" does not break the table
+    assert "| 62.50% | 5 / 8 | 2 | 29 |" in table[0]
+    assert "Best multi-teacher (TinyLLM) trial: **tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1**, accuracy 50.00%" in text
+    assert "answer-only-tiny-llama-f1 25.00%" in text and "Failed trials (1)" in text
+
+
+def test_csv_and_files(tmp_path):
+    rows = _rows()
+    parsed = list(csv.DictReader(io.StringIO(render_csv(rows))))
+    assert len(parsed) == 4 and parsed[0]["teachers"] == "tiny_a+tiny_b" and parsed[0]["alpha"] == "tiny_a=0.5 tiny_b=0.5"
+    assert parsed[3]["accuracy"] == "" and parsed[3]["error"].startswith("TrainingError")
+    payload = write_results(tmp_path / "sweep", rows, "tiny", max_concurrent_trials=2)
+    for name in ("results.json", "results.csv", "results.md"):
+        assert (tmp_path / "sweep" / name).is_file()
+    assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "sweep" / "results.json").read_text()) == payload
+    assert payload["trials"] == rows and payload["max_concurrent_trials"] == 2
