@@ -45,6 +45,7 @@ def _run_stage(stage, config: str, overrides, output_dir, **kwargs) -> Any:
     from tinyllm_ray.generate import GenerationError
     from tinyllm_ray.models import ModelSourceError
     from tinyllm_ray.schemas import ArtifactError
+    from tinyllm_ray.sweep import SweepError
     from tinyllm_ray.train import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -52,7 +53,8 @@ def _run_stage(stage, config: str, overrides, output_dir, **kwargs) -> Any:
         job = _load(config, overrides, output_dir)
         _save_resolved(job)
         return stage(job, **kwargs)
-    except (ConfigError, DataError, GenerationError, ModelSourceError, ArtifactError, TrainingError) as err:
+    except (ConfigError, DataError, GenerationError, ModelSourceError, ArtifactError, TrainingError,
+            SweepError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
@@ -110,6 +112,29 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
 
     report = _run_stage(all_stages, config, overrides, output_dir, force=force)
     typer.echo(render_table(report))
+
+
+@app.command()
+def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+          force: bool = ForceOpt,
+          max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
+                                                       help="Shortcut for --set sweep.max_concurrent_trials=N.")):
+    """Train and evaluate every setting of the `sweep` config section (alpha, teacher subsets, students, data
+    fractions, baselines) with Ray Tune over the cached rationales; write one results table and plot.
+
+    Exit code 1 when some trial failed (its error is in the table), 2 on bad input."""
+    from tinyllm_ray.sweep import render_markdown
+    from tinyllm_ray.sweep import run_sweep as run
+
+    overrides = list(overrides or [])
+    if max_concurrent is not None:
+        overrides.append(f"sweep.max_concurrent_trials={max_concurrent}")
+    results = _run_stage(run, config, overrides, output_dir, force=force)
+    typer.echo(render_markdown(results["trials"], results["title"]))
+    if results["failed"]:
+        typer.secho(f"{len(results['failed'])} trial(s) failed: {', '.join(results['failed'])}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
