@@ -607,14 +607,20 @@ def padding_waste(config) -> dict[str, Any]:
     batches, model_path, tasks = training_batches(config)
     collate = Collator(AutoTokenizer.from_pretrained(model_path), tasks, False, config.student.max_input_tokens,
                        config.student.max_target_tokens)
-    real = total = seqs = 0
-    for raw in batches:
-        mask = collate(raw)["attention_mask"]
-        real += int(mask.sum())
-        total += mask.numel()
-        seqs += mask.shape[0]
-    return {"micro_batch_size": config.training.micro_batch_size, "batches": len(batches), "sequences": seqs,
-            "real_tokens": real, "padded_tokens": total, "pad_fraction": round(1 - real / max(total, 1), 3)}
+    out: dict[str, Any] = {"micro_batch_size": config.training.micro_batch_size, "batches": len(batches)}
+    # one padded batch per micro-batch (length_groups 1) against what training does (training.length_groups)
+    for groups in sorted({1, config.training.length_groups}):
+        real = total = seqs = 0
+        for raw in batches:
+            for group in collate.grouped(raw, groups):
+                mask = group["attention_mask"]
+                real += int(mask.sum())
+                total += mask.numel()
+                seqs += mask.shape[0]
+        out[f"length_groups_{groups}"] = {"sequences": seqs, "real_tokens": real, "padded_tokens": total,
+                                          "pad_fraction": round(1 - real / max(total, 1), 3)}
+    out["pad_fraction"] = out[f"length_groups_{config.training.length_groups}"]["pad_fraction"]
+    return out
 
 
 def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
@@ -647,17 +653,17 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
         times, tokens = [], []
         for raw in (batches * (steps // max(len(batches), 1) + 1))[:steps]:
             t = time.time()
-            batch = collate(raw)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, _ = multi_task_loss(per_sequence_loss(logits, batch["labels"], shift=True), batch["task_ids"],
-                                      weights)
+            groups = collate.grouped(raw, training.length_groups)  # the same length-grouped batches as train()
+            losses = [per_sequence_loss(model(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits,
+                                        g["labels"], shift=True) for g in groups]
+            loss, _ = multi_task_loss(torch.cat(losses), torch.cat([g["task_ids"] for g in groups]), weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             times.append(time.time() - t)
-            tokens.append(int(batch["attention_mask"].sum()))
+            tokens.append(sum(int(g["attention_mask"].sum()) for g in groups))
         del model, optimizer
         gc.collect()
     finally:

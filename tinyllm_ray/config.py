@@ -164,6 +164,8 @@ class TrainingConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
+    length_groups: int = Field(2, ge=1, le=8, description="Forward passes per micro-batch, its sequences grouped by "
+                               "length so short answers are not padded to rationale length (1: one padded batch).")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

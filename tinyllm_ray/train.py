@@ -44,9 +44,10 @@ log = logging.getLogger("tinyllm_ray")
 STATE_FILE = "tinyllm_train_state.json"
 DEEPSPEED_TAG = "deepspeed"  # DeepSpeed's tag sub-folder inside a mid-run checkpoint
 # Training settings that change how a run is carried out, not what it trains: not part of the student fingerprint
-# (so changing them reuses the student, or resumes the same Ray Train run).
+# (so changing them reuses the student, or resumes the same Ray Train run). length_groups changes only how the same
+# loss is batched (float rounding).
 OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failures", "custom_resources_per_worker",
-                        "placement_strategy"}
+                        "placement_strategy", "length_groups"}
 
 
 class TrainingError(RuntimeError):
@@ -132,19 +133,18 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 break  # every rank must take the same number of steps or ZeRO's collectives hang
             if epoch == start_epoch and index < skip:
                 continue  # consumed before the checkpoint this attempt resumed from
-            batch = {k: v.to(engine.device) for k, v in collate({k: list(v) for k, v in raw.items()}).items()}
-            if seq2seq:
-                decoder_inputs = engine.module.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-                logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                decoder_input_ids=decoder_inputs).logits
-            else:
-                logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            seq_losses = per_sequence_loss(logits, batch["labels"], shift=not seq2seq)
-            loss, per_task = multi_task_loss(seq_losses, batch["task_ids"], weights)
+            # Sequences of similar length share a forward pass; the loss is still one mean over all of them.
+            seq_losses, task_ids = [], []
+            for group in collate.grouped({k: list(v) for k, v in raw.items()}, cfg["length_groups"]):
+                batch = {k: v.to(engine.device) for k, v in group.items()}
+                seq_losses.append(per_sequence_loss(_logits(engine, batch, seq2seq), batch["labels"],
+                                                    shift=not seq2seq))
+                task_ids.append(batch["task_ids"])
+                tokens += int(batch["attention_mask"].sum())
+            loss, per_task = multi_task_loss(torch.cat(seq_losses), torch.cat(task_ids), weights)
             engine.backward(loss)
             engine.step()
             micro_steps += 1
-            tokens += int(batch["attention_mask"].sum())
             if micro_steps % accumulation:
                 continue
             step = micro_steps // accumulation
@@ -164,6 +164,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         sinks.close()
     final = progress(micro_steps // accumulation, max(micro_steps - 1, 0) // cfg["micro_steps_per_epoch"])
     _export(engine, tokenizer, rank, final)
+
+
+def _logits(engine, batch: dict[str, Any], seq2seq: bool):
+    if seq2seq:
+        decoder_inputs = engine.module.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      decoder_input_ids=decoder_inputs).logits
+    return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def _gather_node_ids() -> list[str]:
@@ -325,6 +333,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         "tasks": [t.__dict__ for t in tasks], "log_every_steps": training.log_every_steps,
         "checkpoint_every_steps": training.checkpoint_every_steps,
         "max_input_tokens": config.student.max_input_tokens, "max_target_tokens": config.student.max_target_tokens,
+        "length_groups": training.length_groups,
         "metrics": config.metrics.model_dump(mode="json"), "metrics_dir": str(layout.metrics / "train"),
         "experiment": config.name, "run_name": f"{config.name}-{fingerprint}",
     }

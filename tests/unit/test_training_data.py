@@ -305,3 +305,77 @@ def test_take_fraction_is_seeded_nested_and_keeps_order():
     assert take_fraction(table, 0.5, seed=0).column("id").to_pylist() == half  # same seed, same subset
     assert take_fraction(table, 0.5, seed=1).column("id").to_pylist() != half
     assert take_fraction(table, 0.001, seed=0).num_rows == 1  # never empty
+
+
+# ---------------------------------------------------------------- length groups
+
+@pytest.mark.parametrize("seq2seq", [False, True])
+def test_length_groups_partition_and_never_pad_more(seq2seq):
+    import random
+
+    from tinyllm_ray.training_data import length_groups, padded_tokens
+
+    rng = random.Random(0)
+    for _ in range(50):
+        lengths = [(rng.randint(1, 40), rng.randint(1, 30)) for _ in range(rng.randint(1, 14))]
+        previous = None
+        for groups in (1, 2, 3):
+            split = length_groups(lengths, seq2seq, groups)
+            assert sorted(i for g in split for i in g) == list(range(len(lengths)))  # a partition
+            assert 1 <= len(split) <= groups and all(split)
+            padded = sum(padded_tokens([lengths[i] for i in g], seq2seq) for g in split)
+            assert padded >= sum(s + t for s, t in lengths)
+            assert previous is None or padded <= previous  # more groups never pad more
+            previous = padded
+        assert length_groups(lengths, seq2seq, 1) == [sorted(range(len(lengths)),
+                                                             key=lambda i: (sum(lengths[i]), i))]
+
+
+def test_length_groups_separate_answers_from_rationales():
+    from tinyllm_ray.training_data import length_groups
+
+    lengths = [(100, 5), (100, 60), (120, 5), (120, 64), (90, 3), (90, 50)]
+    assert length_groups(lengths, False, 2) == [[4, 0, 2], [5, 1, 3]]
+    assert length_groups([], False, 2) == []
+    assert length_groups([(10, 10)] * 3, False, 3) == [[0, 1, 2]]  # equal lengths: one group is as cheap
+
+
+@pytest.mark.parametrize("seq2seq", [False, True])
+def test_grouped_batches_hold_the_same_sequences_with_less_padding(tokenizer, seq2seq):
+    rows = ROWS + [{"id": "p3", "input": " ".join(f"w{i}" for i in range(30)), "answer": "oxygen",
+                    "rationale__a": " ".join(f"w{i}" for i in range(40, 55)), "rationale__b": "heat is warm"}]
+    collator = Collator(tokenizer, TASKS, seq2seq=seq2seq, max_input_tokens=64, max_target_tokens=16)
+    whole = collator(batch_of(rows))
+    groups = collator.grouped(batch_of(rows), max_groups=2)
+    assert len(groups) == 2
+
+    def sequences(features):
+        out = []
+        for row in range(features["input_ids"].shape[0]):
+            mask = features["attention_mask"][row].bool()
+            labels = features["labels"][row]
+            out.append((int(features["task_ids"][row]), features["input_ids"][row][mask].tolist(),
+                        labels[labels != IGNORE_INDEX].tolist()))
+        return sorted(out)
+
+    assert sorted(s for g in groups for s in sequences(g)) == sequences(whole)
+    padded = sum(g["input_ids"].numel() + (g["labels"].numel() if seq2seq else 0) for g in groups)
+    assert padded < whole["input_ids"].numel() + (whole["labels"].numel() if seq2seq else 0)
+
+
+def test_grouped_loss_equals_one_batch_loss(tokenizer):
+    from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(len(tokenizer), 8)
+    head = torch.nn.Linear(8, len(tokenizer))
+    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
+    weights = torch.tensor([t.weight for t in TASKS])
+
+    def loss_of(groups):
+        losses = [per_sequence_loss(head(embedding(g["input_ids"])), g["labels"], shift=True) for g in groups]
+        return multi_task_loss(torch.cat(losses), torch.cat([g["task_ids"] for g in groups]), weights)[0]
+
+    one = loss_of([collator(batch_of(ROWS))])
+    grouped = loss_of(collator.grouped(batch_of(ROWS), max_groups=3))
+    assert torch.allclose(one, grouped, atol=1e-6)
