@@ -1,10 +1,14 @@
-"""The shipped cluster job configs (jobs/*.yaml) and cluster definitions (cluster/**) stay loadable and on-spec.
+"""The shipped cluster job configs (jobs/*.yaml) and cluster definitions (cluster/**) stay loadable and on-spec,
+and agree with each other: every custom Ray resource a job asks for is advertised by the right group of every
+cluster definition.
 
 Pure parsing: no data is read, no Ray is started, no model is resolved.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,9 @@ CLUSTER = REPO / "cluster"
 PAPER_JOBS = ("obqa", "arc", "piqa", "riddlesense", "pubmedqa", "bioasq")
 TINYLLM_FORMAT = {"obqa", "arc", "pubmedqa"}
 JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml")
+PAPER_ALPHAS = [0.01, 0.1, 0.5, 1.0, 2.0, 3.0]
+PAPER_STUDENTS = ["google/flan-t5-small", "google/flan-t5-base", "google/flan-t5-large"]
+TEACHER_ROLE, TRAINER_ROLE = "tinyllm_teacher", "tinyllm_trainer"
 
 
 def test_every_expected_job_file_exists():
@@ -34,7 +41,13 @@ def test_job_config_loads(path):
     for teacher in config.teachers:
         assert teacher.engine.kv_cache_memory_bytes is None, "vLLM on GPU sizes its own KV cache"
         assert teacher.resources.num_gpus_per_actor == teacher.engine.tensor_parallel_size
+        assert teacher.resources.custom_resources == {TEACHER_ROLE: teacher.resources.num_gpus_per_actor}, \
+            "one tinyllm_teacher per GPU the actor holds"
     assert config.training.use_gpu
+    assert config.training.custom_resources_per_worker == {TRAINER_ROLE: 1}, "one tinyllm_trainer per worker GPU"
+    assert config.metrics.tensorboard, "event files under <output_dir>/metrics/"
+    assert config.metrics.mlflow == "auto" and config.metrics.wandb == "auto", \
+        "mlflow / wandb are not dependencies: never required by a shipped job"
 
 
 @pytest.mark.parametrize("name", PAPER_JOBS)
@@ -66,10 +79,30 @@ def test_paper_job_settings(name):
 
 
 @pytest.mark.parametrize("name", PAPER_JOBS)
+def test_paper_job_sweeps_the_paper_search_space(name):
+    config = load_config(str(JOBS / f"{name}.yaml"))
+    sweep = config.sweep
+    assert sweep.alpha == pytest.approx(PAPER_ALPHAS)
+    assert sweep.students == PAPER_STUDENTS
+    assert sweep.baselines is True
+    assert sweep.teacher_subsets == [] and sweep.data_fractions == [], "the job's own teachers and data"
+
+
+@pytest.mark.parametrize("name", PAPER_JOBS)
 def test_paper_job_documents_alpha_search_space_and_t5_caveat(name):
     text = (JOBS / f"{name}.yaml").read_text()
     assert "{0.01, 0.1, 0.5, 1, 2, 3}" in text
     assert "vLLM 0.32 does not serve encoder-decoder T5" in text
+    assert f"tinyllm-ray sweep jobs/{name}.yaml" in text
+    assert "no sweep feature" not in text.lower()
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)
+def test_jobs_readme_has_run_and_sweep_command_lines(path):
+    readme = (JOBS / "README.md").read_text()
+    submit = "ray job submit --address http://<head>:8265 --working-dir . --runtime-env jobs/runtime_env.yaml -- "
+    for command in ("run", "sweep"):
+        assert f"{submit}tinyllm-ray {command} jobs/{path.name}" in readme
 
 
 def test_overrides_apply_to_cluster_jobs():
@@ -89,6 +122,8 @@ def test_runtime_env_file():
     # The driver passes no runtime env when joining a cluster, so no merge override is needed.
     assert "RAY_OVERRIDE_JOB_RUNTIME_ENV" not in env_vars
     assert "HF_TOKEN" not in env_vars, "never commit a token"
+    assert not any(p.split("[")[0].strip() in {"mlflow", "wandb"} for p in env["pip"]["packages"]), \
+        "optional metrics sinks stay opt-in"
 
 
 def _docs(path: Path) -> list[dict]:
@@ -118,6 +153,12 @@ def _check_cluster_spec(spec: dict):
         assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
         for value in group["rayStartParams"].values():
             assert isinstance(value, str), "rayStartParams values must be strings"
+        if group.get("resources"):
+            # The group-level field (KubeRay >= 1.5) is a map of quantity strings, and the operator rejects a group
+            # that also sets resources in rayStartParams.
+            assert all(isinstance(v, str) for v in group["resources"].values()), "group resources are strings"
+            assert not {"resources", "num-cpus", "num-gpus", "memory"} & set(group["rayStartParams"]), \
+                "KubeRay rejects resources in both the group field and rayStartParams"
 
 
 def test_kuberay_raycluster():
@@ -163,3 +204,115 @@ def test_ray_up_aws_config_matches_ray_schema():
     util = pytest.importorskip("ray.autoscaler._private.util")
     config = yaml.safe_load((CLUSTER / "aws" / "cluster.yaml").read_text())
     util.validate_config(util.prepare_config(config))  # raises on unknown or mistyped fields
+
+
+
+# ---------------------------------------------------------------- node roles: jobs x cluster definitions
+
+AWS_GPUS = {"g5.xlarge": 1, "g5.12xlarge": 4}  # GPUs per instance type used in cluster/aws/cluster.yaml
+
+
+def _ray_start_custom_resources(params: dict) -> dict[str, float]:
+    """The classic rayStartParams form '"{\\"name\\": 1}"', parsed as Ray's KubeRay autoscaler parses it."""
+    if "resources" not in params:
+        return {}
+    return {k: float(v) for k, v in json.loads(params["resources"][1:-1].replace("\\", "")).items()}
+
+
+def _kuberay_group(group: dict) -> dict:
+    custom = {k: float(v) for k, v in (group.get("resources") or {}).items() if k not in {"CPU", "GPU", "memory"}}
+    custom = custom or _ray_start_custom_resources(group.get("rayStartParams") or {})
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return {"custom": custom, "gpus": int(limits.get("nvidia.com/gpu", 0)), "max_nodes": group.get("maxReplicas")}
+
+
+def cluster_groups() -> dict[str, dict[str, dict]]:
+    """Per cluster definition: the head, teacher and trainer groups with their custom resources, GPUs per node and
+    maximum node count."""
+    definitions = {}
+    for name, kind in (("kuberay/raycluster.yaml", "RayCluster"), ("kuberay/rayjob.yaml", "RayJob")):
+        spec = _by_kind(CLUSTER / name, kind)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        groups = {g["groupName"]: _kuberay_group(g) for g in spec["workerGroupSpecs"]}
+        head = spec["headGroupSpec"]
+        groups["head"] = {"custom": {**{k: float(v) for k, v in (head.get("resources") or {}).items()
+                                        if k not in {"CPU", "GPU", "memory"}},
+                                     **_ray_start_custom_resources(head["rayStartParams"])}, "gpus": 0, "max_nodes": 1}
+        definitions[name] = groups
+    config = yaml.safe_load((CLUSTER / "aws" / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    role_of = {config["head_node_type"]: "head", "ray.worker.teacher": "teachers", "ray.worker.trainer": "trainers"}
+    definitions["aws/cluster.yaml"] = {
+        role_of[name]: {"custom": {k: float(v) for k, v in t.get("resources", {}).items()
+                                   if k not in {"CPU", "GPU", "memory"}},
+                        "gpus": AWS_GPUS.get(t["node_config"]["InstanceType"], 0),
+                        "max_nodes": t.get("max_workers", 1)}
+        for name, t in types.items()}
+    return definitions
+
+
+CLUSTER_DEFINITIONS = sorted(cluster_groups())
+
+
+@pytest.mark.parametrize("definition", CLUSTER_DEFINITIONS)
+def test_gpu_groups_advertise_their_role_one_per_gpu(definition):
+    groups = cluster_groups()[definition]
+    assert set(groups) == {"head", "teachers", "trainers"}
+    assert groups["teachers"]["custom"] == {TEACHER_ROLE: groups["teachers"]["gpus"]}
+    assert groups["trainers"]["custom"] == {TRAINER_ROLE: groups["trainers"]["gpus"]}
+    assert groups["head"]["custom"] == {}, "nothing is scheduled on the head"
+
+
+@pytest.mark.parametrize("definition", CLUSTER_DEFINITIONS)
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)
+def test_job_custom_resources_are_advertised_by_the_right_group(path, definition):
+    config = load_config(str(path))
+    groups = cluster_groups()[definition]
+    teachers, trainers = groups["teachers"], groups["trainers"]
+    for teacher in config.teachers:
+        wanted = teacher.resources.custom_resources
+        assert wanted, f"{teacher.name}: no custom resource, so teacher actors could take trainer GPUs"
+        for name, amount in wanted.items():
+            assert teachers["custom"].get(name, 0) >= amount, f"{teacher.name}: {name} x{amount} fits no teacher node"
+            assert name not in trainers["custom"], f"{name} is also on trainer nodes"
+        assert teacher.resources.num_gpus_per_actor <= teachers["gpus"]
+    training = config.training
+    wanted = training.custom_resources_per_worker
+    assert wanted, "no custom resource, so training workers could land on teacher nodes"
+    # STRICT_PACK puts every worker of a run on one node: the whole run must fit one trainer node.
+    workers_per_node = training.num_workers if training.placement_strategy == "STRICT_PACK" else 1
+    for name, amount in wanted.items():
+        assert trainers["custom"].get(name, 0) >= amount * workers_per_node, f"{name}: the run fits no trainer node"
+        assert name not in teachers["custom"], f"{name} is also on teacher nodes"
+    assert workers_per_node <= trainers["gpus"]
+
+
+@pytest.mark.parametrize("definition", CLUSTER_DEFINITIONS)
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)
+def test_sweep_concurrency_fits_the_trainer_group(path, definition):
+    config = load_config(str(path))
+    trainers = cluster_groups()[definition]["trainers"]
+    concurrent = config.sweep.max_concurrent_trials
+    assert concurrent is not None, "say how many trials the trainer group runs at once"
+    capacity = trainers["custom"][TRAINER_ROLE] * trainers["max_nodes"]
+    needed = concurrent * config.training.num_workers * config.training.custom_resources_per_worker[TRAINER_ROLE]
+    assert needed <= capacity, f"{concurrent} concurrent trials need {needed} {TRAINER_ROLE}, the group has {capacity}"
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)
+def test_documented_trial_counts_match_the_sweep_plan(path):
+    """jobs/README.md and the job files state how many trials a sweep has; the planner decides. Every trial's config
+    must also validate (a sweep checks that before it starts anything)."""
+    sweep = pytest.importorskip("tinyllm_ray.sweep")
+    config = load_config(str(path))
+    trials = sweep.plan_trials(config)
+    for trial in trials:
+        sweep.trial_config(config, trial)
+    readme = (JOBS / "README.md").read_text()
+    if path.stem == "demo":
+        documented = re.search(r"`jobs/demo\.yaml`: [^)]*= (\d+) trials", readme)
+    else:
+        documented = re.search(r"\*\*(\d+) trials per dataset\*\*", readme)
+    assert documented and int(documented.group(1)) == len(trials), "jobs/README.md states another trial count"
+    in_file = re.search(r"(\d+) trials", path.read_text())
+    assert in_file and int(in_file.group(1)) == len(trials), f"{path.name} states another trial count"
