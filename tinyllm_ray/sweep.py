@@ -7,9 +7,10 @@ fine-tune and each teacher alone per student and data fraction. Each trial is an
 (``<output_dir>/sweep/trials/<name>/``); problems and rationales stay shared, so nothing is regenerated.
 
 The glue (:func:`run_sweep`): generate whatever rationales are missing, then a Ray Tune ``Tuner`` whose function
-trainable is only a driver: it calls :func:`tinyllm_ray.train.train` (a Ray Train ``TorchTrainer.fit()`` with its
-own workers and placement group) and :func:`tinyllm_ray.evaluate.evaluate`, then reports one row. How many trials
-train at once is ``sweep.max_concurrent_trials``, or what the cluster's CPUs/GPUs fit (:func:`default_concurrency`).
+trainable is only a driver (0.1 CPU): it calls :func:`tinyllm_ray.train.train` (a Ray Train ``TorchTrainer.fit()``
+with its own workers and placement group), then :func:`tinyllm_ray.evaluate.evaluate` on the resources training has
+just released, and reports one row. How many trials run at once is ``sweep.max_concurrent_trials``, or what the
+cluster's CPUs/GPUs/custom resources fit with one CPU kept free (:func:`default_concurrency`).
 A failing trial is a row with an ``error``, never the end of the sweep. A rerun reuses every finished student and
 evaluation, so an interrupted sweep resumes where it stopped.
 
@@ -37,10 +38,9 @@ log = logging.getLogger("tinyllm_ray")
 
 Kind = Literal["tinyllm", "single_teacher", "answer_only"]
 BASELINE_KINDS = ("answer_only", "single_teacher")
-# What evaluate() asks of Ray for its student task (num_cpus=1, one GPU when training.use_gpu); each trial reserves
-# it next to its trial driver (see trial_bundles).
-EVAL_CPUS = 1.0
-# Logical CPUs left free for Ray Data ingest: with none, training hangs silently.
+# The trial function only drives Ray Train and evaluation; Tune needs some resource to place it.
+DRIVER_CPUS = 0.1
+# Logical CPUs left free for Ray Data ingest (with none, training hangs silently) and evaluation tasks.
 RESERVED_CPUS = 1.0
 
 
@@ -161,24 +161,20 @@ def teachers_needed(config: JobConfig, trials: Sequence[Trial]) -> list[str]:
 
 # ---------------------------------------------------------------- resources (pure)
 
-def trial_bundles(training: TrainingConfig) -> list[dict[str, float]]:
-    """Placement group of one Tune trial: an empty head bundle for the driver function (Ray Train places its workers
-    in a placement group of its own) and the evaluation task's CPU (+GPU). Tune makes the trial's child tasks use
-    this group, so the evaluation task must fit in it."""
-    evaluation = {"CPU": EVAL_CPUS, **({"GPU": 1.0} if training.use_gpu else {})}
-    return [{}, evaluation]
+def trial_resources(training: TrainingConfig) -> dict[str, float]:
+    """What the Tune trial itself holds: a sliver of CPU for the driver function. Ray Train places the workers in
+    a placement group of its own, and evaluation runs after training has released them (see run_trial)."""
+    return {"CPU": DRIVER_CPUS}
 
 
 def trial_need(training: TrainingConfig) -> dict[str, float]:
-    """Logical resources one trial holds while it trains: its workers plus its evaluation bundle."""
-    need = {"CPU": training.num_workers * training.cpus_per_worker}
+    """Logical resources one trial holds while it trains: its driver plus its Ray Train workers."""
+    need = dict(trial_resources(training))
+    need["CPU"] += training.num_workers * training.cpus_per_worker
     if training.use_gpu:
         need["GPU"] = float(training.num_workers)
     for name, amount in training.custom_resources_per_worker.items():
         need[name] = need.get(name, 0.0) + training.num_workers * amount
-    for bundle in trial_bundles(training):
-        for name, amount in bundle.items():
-            need[name] = need.get(name, 0.0) + amount
     return need
 
 
@@ -309,7 +305,6 @@ def _evaluation_key(config: JobConfig, student: Mapping[str, Any]) -> str:
 
 def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str, Any]:
     """Train (or reuse) and evaluate (or reuse) one trial; any failure becomes ``{"error": ...}``."""
-    from tinyllm_ray.evaluate import evaluate
     from tinyllm_ray.train import train
 
     layout = RunLayout.of(config.output_dir).trial(trial.name)
@@ -324,13 +319,25 @@ def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str,
         if not force and previous.get("evaluation_key") == key and read_manifest(layout.evaluation):
             result = previous["student"]
         else:
-            report = evaluate(job, teachers=False, layout=layout)
+            report = _evaluate_outside_trial_group(job, layout)
             result = {k: v for k, v in report["results"][0].items() if k in ("accuracy", "correct", "total")}
             marker.write_text(json.dumps({"evaluation_key": key, "student": result}))
         return {**result, "optimizer_steps": student.get("optimizer_steps"), "train_seconds": student.get("seconds")}
     except Exception as err:  # noqa: BLE001 - one failing trial must not end the sweep
         log.exception("trial %s failed", trial.name)
         return {"error": f"{type(err).__name__}: {err}"[:2000]}
+
+
+def _evaluate_outside_trial_group(job: JobConfig, layout: RunLayout) -> dict[str, Any]:
+    """`evaluate` from a zero-CPU task outside the trial's placement group. Tune schedules a trial's child tasks in
+    the trial's group, which has no room for the evaluation task; outside it, that task takes the CPU (and GPU) the
+    trial's training workers have just released."""
+    import ray
+
+    from tinyllm_ray.evaluate import evaluate
+
+    task = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(evaluate)
+    return ray.get(task.remote(job, teachers=False, layout=layout))
 
 
 def _tune_trial(params: dict[str, Any], job: dict[str, Any], trials: dict[str, dict[str, Any]], force: bool) -> None:
@@ -366,17 +373,17 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     trials = plan_trials(config)
     for trial in trials:
         trial_config(config, trial)  # every trial's config is valid before anything runs
+    for student in dict.fromkeys(t.student for t in trials):
+        resolve_model(student)  # fail before generating on a bad student; build builtins once, not in every trial
     (layout.sweep / "manifest.json").unlink(missing_ok=True)
     generate(config, force=force, only=teachers_needed(config, trials))
-    for student in dict.fromkeys(t.student for t in trials):
-        resolve_model(student)  # fail fast on a bad student; build builtins once, not in every trial at once
     concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training)
     log.info("sweep: %d trials, up to %d at once", len(trials), concurrency)
 
     trainable = tune.with_parameters(_tune_trial, job=config.model_dump(mode="json"),
                                      trials={t.name: asdict(t) for t in trials}, force=force)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, tune.PlacementGroupFactory(trial_bundles(config.training))),
+        tune.with_resources(trainable, trial_resources(config.training)),
         param_space={"trial": tune.grid_search([t.name for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False,
                                     trial_dirname_creator=_trial_dirname),

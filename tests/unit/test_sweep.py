@@ -9,10 +9,13 @@ import re
 
 import pytest
 
+from typer.testing import CliRunner
+
+from tinyllm_ray.cli import app
 from tinyllm_ray.config import ConfigError, TrainingConfig, load_config
 from tinyllm_ray.sweep import (
     Trial, default_concurrency, plan_trials, render_csv, render_markdown, result_row, student_labels, summary,
-    teachers_needed, trial_bundles, trial_config, trial_need, write_results,
+    teachers_needed, trial_config, trial_need, trial_resources, write_results,
 )
 
 SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -113,23 +116,38 @@ def test_unknown_teacher_subset_is_rejected_by_config_loading():
         load_config("tiny", ["sweep.data_fractions=[0]"])
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--set", "sweep.teacher_subsets=[[tiny_a, nobody]]"], "sweep.teacher_subsets names unknown teachers"),
+    (["--set", "sweep.alpha=[-1]"], "sweep.alpha"),
+    (["--set", "sweep.students=[/nope/student]"], "/nope/student"),
+    (["--max-concurrent", "0"], "--max-concurrent"),
+])
+def test_cli_bad_sweep_input_exits_2_before_ray_starts(tmp_path, args, message):
+    import ray
+
+    result = CliRunner().invoke(app, ["sweep", "tiny", "-o", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not ray.is_initialized() and not (tmp_path / "run" / "sweep").exists()
+
+
 @pytest.mark.parametrize("cluster,training,expected", [
-    ({"CPU": 6}, {"num_workers": 1}, 2),                           # (6 - 1 free) // (1 worker + 1 eval)
-    ({"CPU": 6}, {"num_workers": 2}, 1),
+    ({"CPU": 6}, {"num_workers": 1}, 4),                           # (6 - 1 free) // (1 worker + 0.1 driver)
+    ({"CPU": 6}, {"num_workers": 2}, 2),
     ({"CPU": 2}, {"num_workers": 2}, 1),                           # never below one
-    ({"CPU": 64}, {"num_workers": 2, "cpus_per_worker": 4}, 7),    # 63 // 9
-    ({"CPU": 128, "GPU": 8}, {"num_workers": 2, "use_gpu": True}, 2),   # 8 // (2 workers + 1 eval GPU)
-    ({"CPU": 128, "GPU": 8}, {"num_workers": 4, "use_gpu": True}, 1),
+    ({"CPU": 64}, {"num_workers": 2, "cpus_per_worker": 4}, 7),    # 63 // 8.1
+    ({"CPU": 128, "GPU": 8}, {"num_workers": 2, "use_gpu": True}, 4),
+    ({"CPU": 128, "GPU": 8}, {"num_workers": 3, "use_gpu": True}, 2),
+    ({"CPU": 128}, {"num_workers": 2, "use_gpu": True}, 1),        # no GPU at all: still one (it will wait)
     ({"CPU": 128, "trainer": 4}, {"num_workers": 2, "custom_resources_per_worker": {"trainer": 1}}, 2),
 ])
 def test_default_concurrency(cluster, training, expected):
     assert default_concurrency(cluster, TrainingConfig(**training)) == expected
 
 
-def test_trial_resources_hold_the_evaluation_task():
-    assert trial_bundles(TrainingConfig()) == [{}, {"CPU": 1.0}]
-    assert trial_bundles(TrainingConfig(use_gpu=True)) == [{}, {"CPU": 1.0, "GPU": 1.0}]
-    assert trial_need(TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)) == {"CPU": 7.0, "GPU": 4.0}
+def test_a_trial_holds_its_driver_and_its_workers():
+    assert trial_resources(TrainingConfig(use_gpu=True)) == {"CPU": 0.1}
+    assert trial_need(TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)) == {"CPU": 6.1, "GPU": 3.0}
 
 
 def _rows():
