@@ -1,0 +1,91 @@
+"""`tinyllm-ray sweep` on the real stack: Ray Tune trials, each a Ray Train + DeepSpeed run and an evaluation task,
+over rationales generated once. Kept small: every trial pays a Ray Train start-up."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tinyllm_ray.cli import app
+from tinyllm_ray.schemas import read_manifest
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+SMALL = ["--set", "sweep.alpha=[0.5]", "--set", "training.num_workers=1", "--set", "training.max_steps=2"]
+TRIALS = {  # name -> (teachers, alpha)
+    "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1": (["tiny_a", "tiny_b"], {"tiny_a": 0.5, "tiny_b": 0.5}),
+    "answer-only-tiny-llama-f1": ([], {}),
+    "single-tiny_a-a0.5-tiny-llama-f1": (["tiny_a"], {"tiny_a": 0.5}),
+    "single-tiny_b-a0.5-tiny-llama-f1": (["tiny_b"], {"tiny_b": 0.5}),
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_run(ray_cluster, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("sweep_run")
+    result = runner.invoke(app, ["sweep", "tiny", "-o", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_every_trial_is_trained_and_evaluated(sweep_run):
+    out, _ = sweep_run
+    trials = out / "sweep" / "trials"
+    assert sorted(p.name for p in trials.iterdir()) == sorted(TRIALS)
+    for name, (teachers, alpha) in TRIALS.items():
+        student = read_manifest(trials / name / "student")
+        assert student["teachers"] == teachers and student["alpha"] == alpha, name
+        assert student["optimizer_steps"] == 2 and student["training_problems"] == 16
+        assert sorted(student["rationales"]) == teachers  # answer-only: no rationale task at all
+        assert (trials / name / "student" / "model.safetensors").is_file()
+        report = json.loads((trials / name / "evaluation" / "report.json").read_text())
+        assert [r["role"] for r in report["results"]] == ["student"]  # no teacher evaluation per trial
+        assert read_manifest(trials / name / "evaluation")["student_fingerprint"] == student["fingerprint"]
+    # rationales are shared, generated once at the run's root
+    assert {p.name for p in (out / "rationales").iterdir()} == {"tiny_a", "tiny_b"}
+    assert not (out / "student").exists()
+
+
+def test_results_table_plot_and_manifest(sweep_run):
+    out, output = sweep_run
+    sweep = out / "sweep"
+    results = json.loads((sweep / "results.json").read_text())
+    rows = results["trials"]
+    assert sorted(r["name"] for r in rows) == sorted(TRIALS)
+    for row in rows:
+        assert row["error"] is None and 0.0 <= row["accuracy"] <= 1.0 and row["total"] == 8
+        assert row["optimizer_steps"] == 2 and row["train_seconds"] > 0
+        assert (row["teachers"], row["alpha"]) == tuple(TRIALS[row["name"]])
+    assert results["best"] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"
+    assert set(results["baselines"]) == set(TRIALS) - {results["best"]}
+    assert len(list(csv.DictReader((sweep / "results.csv").open()))) == 4
+    table = (sweep / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in TRIALS) and table in output
+    assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = read_manifest(sweep)
+    assert sorted(manifest["trials"]) == sorted(TRIALS) and manifest["failed"] == []
+    assert (sweep / "tune").is_dir()
+
+
+def test_rerun_reuses_students_and_a_failing_trial_does_not_stop_the_sweep(sweep_run):
+    out, _ = sweep_run
+    trials = out / "sweep" / "trials"
+    before = {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS}
+    # 1/16 of the problems cannot fill one training step: those trials fail before Ray Train starts
+    result = runner.invoke(app, ["sweep", "tiny", "-o", str(out), *SMALL,
+                                 "--set", "sweep.data_fractions=[1, 0.0625]", "--max-concurrent", "1"])
+    assert result.exit_code == 1, result.output
+    assert {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS} == before
+    rows = {r["name"]: r for r in json.loads((out / "sweep" / "results.json").read_text())["trials"]}
+    assert len(rows) == 8
+    failed = {name for name, row in rows.items() if row["error"]}
+    assert failed == {name.replace("-f1", "-f0.0625") for name in TRIALS}
+    assert all("micro_batch_size" in rows[name]["error"] and rows[name]["accuracy"] is None for name in failed)
+    assert all(rows[name]["accuracy"] is not None for name in TRIALS)
+    assert read_manifest(out / "sweep")["failed"] == sorted(failed, key=list(rows).index)
+    assert "trial(s) failed" in result.output
