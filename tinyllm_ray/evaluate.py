@@ -88,9 +88,10 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     connect(config)
     start = time.time()
     num_gpus = 1 if config.training.use_gpu else 0
-    # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU.
-    predict = ray.remote(num_cpus=1, num_gpus=num_gpus,
-                         resources=dict(config.training.custom_resources_per_worker))(student_predictions)
+    # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU; scheduled on
+    # the cluster, not in the caller's placement group (a sweep's Tune trial has no room for it there).
+    predict = ray.remote(num_cpus=1, num_gpus=num_gpus, resources=dict(config.training.custom_resources_per_worker),
+                         scheduling_strategy="DEFAULT")(student_predictions)
     answers = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, config.prompts.task_prefix,
                                      config.evaluation.batch_size, config.evaluation.max_new_tokens))
     results = [{"name": f"student ({Path(student['model']).name})", "role": "student",

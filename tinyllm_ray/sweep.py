@@ -305,6 +305,7 @@ def _evaluation_key(config: JobConfig, student: Mapping[str, Any]) -> str:
 
 def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str, Any]:
     """Train (or reuse) and evaluate (or reuse) one trial; any failure becomes ``{"error": ...}``."""
+    from tinyllm_ray.evaluate import evaluate
     from tinyllm_ray.train import train
 
     layout = RunLayout.of(config.output_dir).trial(trial.name)
@@ -319,25 +320,13 @@ def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str,
         if not force and previous.get("evaluation_key") == key and read_manifest(layout.evaluation):
             result = previous["student"]
         else:
-            report = _evaluate_outside_trial_group(job, layout)
+            report = evaluate(job, teachers=False, layout=layout)
             result = {k: v for k, v in report["results"][0].items() if k in ("accuracy", "correct", "total")}
             marker.write_text(json.dumps({"evaluation_key": key, "student": result}))
         return {**result, "optimizer_steps": student.get("optimizer_steps"), "train_seconds": student.get("seconds")}
     except Exception as err:  # noqa: BLE001 - one failing trial must not end the sweep
         log.exception("trial %s failed", trial.name)
         return {"error": f"{type(err).__name__}: {err}"[:2000]}
-
-
-def _evaluate_outside_trial_group(job: JobConfig, layout: RunLayout) -> dict[str, Any]:
-    """`evaluate` from a zero-CPU task outside the trial's placement group. Tune schedules a trial's child tasks in
-    the trial's group, which has no room for the evaluation task; outside it, that task takes the CPU (and GPU) the
-    trial's training workers have just released."""
-    import ray
-
-    from tinyllm_ray.evaluate import evaluate
-
-    task = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(evaluate)
-    return ray.get(task.remote(job, teachers=False, layout=layout))
 
 
 def _tune_trial(params: dict[str, Any], job: dict[str, Any], trials: dict[str, dict[str, Any]], force: bool) -> None:

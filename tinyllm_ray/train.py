@@ -194,7 +194,7 @@ def _open_rank0_sinks(cfg: dict[str, Any]):
     params = {"model_path": cfg["model_path"], "learning_rate": cfg["learning_rate"],
               **{f"weight/{t['name']}": t["weight"] for t in cfg["tasks"]}}
     return open_sinks(MetricsConfig.model_validate(cfg["metrics"]), Path(cfg["metrics_dir"]), cfg["experiment"],
-                      cfg["run_name"], params)
+                      cfg["metrics_run"], params)
 
 
 def resume_position(micro_steps_done: int, micro_steps_per_epoch: int) -> tuple[int, int]:
@@ -336,6 +336,8 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         "length_groups": training.length_groups,
         "metrics": config.metrics.model_dump(mode="json"), "metrics_dir": str(layout.metrics / "train"),
         "experiment": config.name, "run_name": f"{config.name}-{fingerprint}",
+        # MLflow / W&B run: the job, or the sweep trial (its folder name) with the job
+        "metrics_run": config.name if layout.work == layout.root else f"{config.name}-{layout.work.name}",
     }
     connect(config)
     resources = {"CPU": training.cpus_per_worker, **training.custom_resources_per_worker}

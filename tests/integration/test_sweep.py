@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tinyllm_ray.cli import app
 from tinyllm_ray.schemas import read_manifest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 runner = CliRunner()
 
 SMALL = ["--set", "sweep.alpha=[0.5]", "--set", "training.num_workers=1", "--set", "training.max_steps=2"]
