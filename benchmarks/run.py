@@ -222,13 +222,13 @@ MODELS = {
 }
 
 
-def teacher_spec(model_key: str, name: str, batch_size: int, concurrency: int = 1) -> dict[str, Any]:
+def teacher_spec(model_key: str, name: str, batch_size: int, concurrency: int = 1, cpus: float = 1) -> dict[str, Any]:
     m = MODELS[model_key]
     return {"name": name, "model": m["model"], "rationale_prefix": f"{name}: ", "instruction": m["instruction"],
             "sampling": {"temperature": 0.0, "max_tokens": m["max_tokens"]},
             "engine": {"dtype": "float32", "max_model_len": m["max_model_len"], "enforce_eager": True,
                        "kv_cache_memory_bytes": m["kv"]},
-            "resources": {"concurrency": concurrency, "batch_size": batch_size, "num_cpus_per_actor": 1}}
+            "resources": {"concurrency": concurrency, "batch_size": batch_size, "num_cpus_per_actor": cpus}}
 
 
 def job_config(out_dir: Path, model_key: str, data: dict[str, Any], teachers: list[dict[str, Any]],
@@ -439,7 +439,9 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     batch = 8 if quick else 16
     config = job_config(tmp / f"gen_{model_key}", model_key,
                         {"format": "demo", "max_train_problems": problems, "max_eval_problems": 8},
-                        [teacher_spec(model_key, "greedy", batch)])
+                        # one teacher: its actor gets every core (Ray gives it num_cpus threads), as the bare
+                        # engine and the transformers loop do
+                        [teacher_spec(model_key, "greedy", batch, cpus=os.cpu_count() or 1)])
     teacher = config.teachers[0]
     model_path = resolve_model(teacher.model)
     params = model_params(model_path)
@@ -698,6 +700,10 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
                            "padding": padding_waste(config)}
     print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-2, 1 worker", flush=True)
     out["ray_deepspeed"] = run_train_stage(config, tmp / "train_logs", f"{model_key}-w1")
+    print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-0, 1 worker", flush=True)
+    zero0 = type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
+                                                                           "zero_stage": 0}})
+    out["ray_deepspeed_zero0"] = run_train_stage(zero0, tmp / "train_logs", f"{model_key}-w1-z0")
     worker_threads = out["ray_deepspeed"]["ranks"][0]["torch_threads"] if out["ray_deepspeed"]["ranks"] else 1
     thread_counts = sorted({worker_threads, os.cpu_count() or 1})
     for threads in thread_counts:
@@ -710,6 +716,9 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
     best = max((out[f"plain_{t}t"].get("steady_tokens_per_s") or 0) for t in thread_counts)
     if ds and best:
         out["steady_overhead_vs_best_plain"] = round(best / ds - 1, 3)
+    zero0_rate = out["ray_deepspeed_zero0"].get("steady_tokens_per_s")
+    if zero0_rate and same:
+        out["zero0_steady_overhead_vs_plain_same_threads"] = round(same / zero0_rate - 1, 3)
     return out
 
 
@@ -847,19 +856,24 @@ def table(results: dict[str, Any]) -> str:
         if "error" in t:
             rows.append((f"train {key}", "ERROR", "", "", "", "", t["error"].splitlines()[-1][:80]))
             continue
-        d = t["ray_deepspeed"]
-        rows.append((f"train {key}", "Ray Train+DS ZeRO-2 (1 worker)", fmt(d["stage_seconds"], 2),
-                     fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "",
-                     f"step {d.get('steady_step_s')} s, first step after {d.get('startup_to_first_step_s')} s, "
-                     f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr"))
+        for stage, field in ((2, "ray_deepspeed"), (0, "ray_deepspeed_zero0")):
+            d = t.get(field)
+            if not d:
+                continue
+            rows.append((f"train {key}", f"Ray Train+DS ZeRO-{stage} (1 worker)", fmt(d["stage_seconds"], 2),
+                         fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "",
+                         f"step {d.get('steady_step_s')} s, first step after {d.get('startup_to_first_step_s')} s, "
+                         f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr"))
         for name in sorted(k for k in t if k.startswith("plain_")):
             p = t[name]
             rows.append((f"train {key}", f"plain PyTorch ({p['torch_threads']} thr)", "",
                          fmt(p.get("steady_tokens_per_s")) + " train tok/s", "", "",
                          f"step {p.get('steady_step_s')} s, start-up {p['startup_s']} s, first step {p['first_step_s']} s"))
         rows.append((f"train {key}", "padding / overhead", "", "", "", "",
-                     f"pad fraction {t['padding']['pad_fraction']}; steady overhead vs plain (same threads) "
-                     f"{fmt(t.get('steady_overhead_vs_plain_same_threads'), 3)}, vs best plain "
+                     f"pad fraction {t['padding']['pad_fraction']} (one batch: "
+                     f"{t['padding'].get('length_groups_1', {}).get('pad_fraction')}); steady overhead vs plain "
+                     f"(same threads): ZeRO-2 {fmt(t.get('steady_overhead_vs_plain_same_threads'), 3)}, ZeRO-0 "
+                     f"{fmt(t.get('zero0_steady_overhead_vs_plain_same_threads'), 3)}; ZeRO-2 vs best plain "
                      f"{fmt(t.get('steady_overhead_vs_best_plain'), 3)}"))
     s = results.get("scale", {})
     if "error" in s:

@@ -32,3 +32,14 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
     elif training.dtype == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0.0, "initial_scale_power": 16}
     return config
+
+
+def slow_setting_warnings(training: TrainingConfig) -> list[str]:
+    """Legal settings that only cost time, to warn about before training starts."""
+    warnings = []
+    if training.num_workers == 1 and training.zero_stage > 0:
+        warnings.append(
+            f"training.zero_stage={training.zero_stage} with 1 worker: ZeRO shards state across workers, with one "
+            "it only adds copies into and out of its flat fp32 partitions (measured on a 2-core CPU with "
+            "SmolLM2-135M: ~2 s per step, 20-90% of the step); set training.zero_stage=0")
+    return warnings

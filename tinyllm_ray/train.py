@@ -288,7 +288,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tinyllm_ray.deepspeed_config import build_deepspeed_config
+    from tinyllm_ray.deepspeed_config import build_deepspeed_config, slow_setting_warnings
     from tinyllm_ray.generate import load_frozen_problems
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.runtime import connect
@@ -319,6 +319,8 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
             log.warning("teacher %s: no usable rationale after training.rationale_filter (%s); only the answer "
                         "task and the other teachers train", name, counts)
     training = config.training
+    for warning in slow_setting_warnings(training):
+        log.warning(warning)
     world = training.num_workers
     micro_per_epoch, total_micro = micro_step_plan(table.num_rows, training)
     tasks = tasks_for(config.prompts.task_prefix, training.answer_weight,

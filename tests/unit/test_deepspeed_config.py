@@ -95,3 +95,12 @@ def test_config_is_fresh_each_call():
     first = build_deepspeed_config(training, 1)
     first["zero_optimization"]["stage"] = 0
     assert build_deepspeed_config(training, 1)["zero_optimization"]["stage"] == 3
+
+
+def test_zero_with_one_worker_warns():
+    from tinyllm_ray.config import TrainingConfig
+    from tinyllm_ray.deepspeed_config import slow_setting_warnings
+
+    assert "zero_stage=0" in slow_setting_warnings(TrainingConfig(num_workers=1, zero_stage=2))[0]
+    assert slow_setting_warnings(TrainingConfig(num_workers=1, zero_stage=0)) == []
+    assert slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=3)) == []
