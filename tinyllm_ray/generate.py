@@ -288,7 +288,6 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
              position: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
-    from tqdm import tqdm
 
     from tinyllm_ray.metrics import open_sinks
     from tinyllm_ray.runtime import teacher_env
@@ -325,18 +324,8 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
         stage = "generate" if mode == "rationale" else "evaluate_teachers"
         sinks = open_sinks(config.metrics, layout.metrics / stage / teacher.name, config.name,
                            f"{config.name}-{stage}-{teacher.name}", {"teacher": teacher.name, "mode": mode})
-        done = {"shards": 0, "rows": 0, "errors": 0, "generated_tokens": 0}
         try:
-            with tqdm(total=len(pending), desc=f"{teacher.name} shards", unit="shard", position=position) as bar:
-                for summary in summaries.iter_rows():
-                    done["shards"] += 1
-                    for key in ("rows", "errors", "generated_tokens"):
-                        done[key] += int(summary[key])
-                    elapsed = max(time.time() - start, 1e-9)
-                    bar.update(1)
-                    sinks.log({**done, "problems_per_s": done["rows"] / elapsed,
-                               "generated_tokens_per_s": done["generated_tokens"] / elapsed,
-                               "shard_seconds": float(summary["seconds"])}, step=done["shards"])
+            _follow(summaries, len(pending), teacher.name, position, sinks, start)
         finally:
             sinks.close()
     stats, nodes = _collect_shard_stats(out_dir, problems_path, shards)
@@ -355,6 +344,23 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
     log.info("teacher %s: %d rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], stats["errors"],
              stats["generated_tokens"], time.time() - start)
     return manifest
+
+
+def _follow(summaries, total: int, teacher: str, position: int, sinks, start: float) -> None:
+    """Consume the per-shard summaries as the actors produce them: a progress bar and running metrics."""
+    from tqdm import tqdm
+
+    done = {"shards": 0, "rows": 0, "errors": 0, "generated_tokens": 0}
+    with tqdm(total=total, desc=f"{teacher} shards", unit="shard", position=position) as bar:
+        for summary in summaries.iter_rows():
+            done["shards"] += 1
+            for key in ("rows", "errors", "generated_tokens"):
+                done[key] += int(summary[key])
+            elapsed = max(time.time() - start, 1e-9)
+            bar.update(1)
+            sinks.log({**done, "problems_per_s": done["rows"] / elapsed,
+                       "generated_tokens_per_s": done["generated_tokens"] / elapsed,
+                       "shard_seconds": float(summary["seconds"])}, step=done["shards"])
 
 
 def _collect_shard_stats(out_dir: Path, problems_path: Path,
