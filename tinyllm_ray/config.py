@@ -11,10 +11,10 @@ import json
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS_PACKAGE = "tinyllm_ray.presets"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -91,6 +91,10 @@ def positive_resources(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+CustomResources = Annotated[dict[str, float], AfterValidator(positive_resources)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
 class ResourceConfig(Strict):
     """What one teacher actor asks of the cluster, and how many actors the pool has."""
 
@@ -99,14 +103,9 @@ class ResourceConfig(Strict):
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")
-    custom_resources: dict[str, float] = Field(
+    custom_resources: CustomResources = Field(
         default_factory=dict, description="Custom Ray resources per actor, e.g. {tinyllm_teacher: 1}: keeps teacher "
         "actors on the nodes that advertise them (see cluster/).")
-
-    @field_validator("custom_resources")
-    @classmethod
-    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        return positive_resources(value)
 
 
 class TeacherConfig(Strict):
@@ -157,7 +156,7 @@ class TrainingConfig(Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    custom_resources_per_worker: dict[str, float] = Field(
+    custom_resources_per_worker: CustomResources = Field(
         default_factory=dict, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How Ray places the training workers' placement group across nodes.")
@@ -172,8 +171,7 @@ class TrainingConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
-    data_fraction: float = Field(1.0, gt=0.0, le=1.0,
-                                 description="Train on this seeded random share of the training problems.")
+    data_fraction: Fraction = Field(1.0, description="Train on this seeded random share of the training problems.")
     answer_weight: float = Field(1.0, ge=0.0)
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
@@ -191,11 +189,6 @@ class TrainingConfig(Strict):
             if weight < 0:
                 raise ValueError(f"alpha for teacher {name!r} must be >= 0, got {weight}")
         return value
-
-    @field_validator("custom_resources_per_worker")
-    @classmethod
-    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        return positive_resources(value)
 
 
 class EvaluationConfig(Strict):
@@ -221,27 +214,14 @@ class SweepConfig(Strict):
     """`tinyllm-ray sweep`: the grid of distillation settings trained over the cached rationales (one Ray Tune
     trial each). An empty list keeps the job's own value for that axis."""
 
-    alpha: list[float] = Field(default_factory=list, description="Rationale loss weight, set for every distilled teacher.")
+    alpha: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=list, description="Rationale loss weight, set for every distilled teacher.")
     teacher_subsets: list[list[str]] = Field(default_factory=list, description="Teacher subsets to distil from.")
     students: list[str] = Field(default_factory=list, description="Student models (student.model values).")
-    data_fractions: list[float] = Field(default_factory=list, description="training.data_fraction values.")
+    data_fractions: list[Fraction] = Field(default_factory=list, description="training.data_fraction values.")
     baselines: bool = Field(True, description="Add answer-only fine-tuning and each teacher alone.")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Trials training at once (default: as many as the cluster's free CPUs/GPUs fit).")
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_non_negative(cls, value: list[float]) -> list[float]:
-        if any(a < 0 for a in value):
-            raise ValueError(f"every alpha must be >= 0, got {value}")
-        return value
-
-    @field_validator("data_fractions")
-    @classmethod
-    def _fractions_in_range(cls, value: list[float]) -> list[float]:
-        if any(not 0 < f <= 1 for f in value):
-            raise ValueError(f"every data fraction must be in (0, 1], got {value}")
-        return value
 
 
 class JobConfig(Strict):
