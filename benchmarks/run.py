@@ -222,13 +222,15 @@ MODELS = {
 }
 
 
-def teacher_spec(model_key: str, name: str, batch_size: int, concurrency: int = 1, cpus: float = 1) -> dict[str, Any]:
+def teacher_spec(model_key: str, name: str, batch_size: int, concurrency: int = 1, cpus: float = 1,
+                 in_flight: int = 2) -> dict[str, Any]:
     m = MODELS[model_key]
     return {"name": name, "model": m["model"], "rationale_prefix": f"{name}: ", "instruction": m["instruction"],
             "sampling": {"temperature": 0.0, "max_tokens": m["max_tokens"]},
             "engine": {"dtype": "float32", "max_model_len": m["max_model_len"], "enforce_eager": True,
                        "kv_cache_memory_bytes": m["kv"]},
-            "resources": {"concurrency": concurrency, "batch_size": batch_size, "num_cpus_per_actor": cpus}}
+            "resources": {"concurrency": concurrency, "batch_size": batch_size, "shards_in_flight": in_flight,
+                          "num_cpus_per_actor": cpus}}
 
 
 def job_config(out_dir: Path, model_key: str, data: dict[str, Any], teachers: list[dict[str, Any]],
@@ -330,15 +332,20 @@ def run_pipeline(config) -> dict[str, Any]:
         entry = {"manifest_seconds": manifest["seconds"], "rows": counts["rows"], "errors": counts["errors"],
                  "prompt_tokens": counts["prompt_tokens"], "generated_tokens": counts["generated_tokens"],
                  "shards": len(info), "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
-        if len(info) >= 2 and teacher.resources.concurrency == 1:
-            # Shards run one after another on the one actor: shards 2..n between the first and last write times.
-            steady_s = info[-1]["mtime"] - info[0]["mtime"]
-            per_shard = steady_s / (len(info) - 1)
-            entry["steady"] = {"seconds": round(steady_s, 2), "problems": sum(i["rows"] for i in info[1:]),
-                               "prompt_tokens": sum(i["prompt"] for i in info[1:]),
-                               "generated_tokens": sum(i["gen"] for i in info[1:])}
-            # stage start -> first shard written, minus one steady shard: Ray Data set-up + actor/engine start
-            entry["startup_estimate_s"] = round(info[0]["mtime"] - t0 - per_shard, 2)
+        skip = teacher.resources.shards_in_flight
+        if len(info) > skip and teacher.resources.concurrency == 1:
+            # One actor works on `skip` shards at once, so the first `skip` finish close together. Steady state is
+            # the window from the skip-th write to the last, which holds the work of the shards after the first
+            # `skip` (the next shard starts as soon as one finishes).
+            steady_s = info[-1]["mtime"] - info[skip - 1]["mtime"]
+            later = info[skip:]
+            entry["steady"] = {"seconds": round(steady_s, 2), "problems": sum(i["rows"] for i in later),
+                               "prompt_tokens": sum(i["prompt"] for i in later),
+                               "generated_tokens": sum(i["gen"] for i in later), "first_shard": skip + 1}
+            # stage start -> the first `skip` shards written, minus their time at the steady rate: Ray Data set-up
+            # + actor/engine start
+            first = sum(i["rows"] for i in info[:skip]) * steady_s / max(entry["steady"]["problems"], 1)
+            entry["startup_estimate_s"] = round(info[skip - 1]["mtime"] - t0 - first, 2)
         out["teachers"][teacher.name] = entry
     return out
 
@@ -364,7 +371,13 @@ def run_bare_vllm(config, teacher, model_path: str) -> dict[str, Any]:
     out: dict[str, Any] = {"engine_init_seconds": round(init_s, 2), "torch_threads": torch.get_num_threads(),
                            "engine_kwargs": {k: v for k, v in kwargs.items() if k != "model"}}
     texts = []
-    for label, size in (("shard_batches", batch), ("one_call", len(prompts_))):
+    # shard-sized calls (what one shard per call gave), calls as large as the pipeline keeps in flight, and
+    # everything in one call (the engine's best case on this data)
+    variants = {"shard_batches": batch, "engine_batches": batch * teacher.resources.shards_in_flight,
+                "one_call": len(prompts_)}
+    for label, size in variants.items():
+        if label == "engine_batches" and size == batch:
+            continue
         t = time.time()
         outputs, batch_seconds = [], []
         for start in range(0, len(prompts_), size):
@@ -376,10 +389,10 @@ def run_bare_vllm(config, teacher, model_path: str) -> dict[str, Any]:
                       "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs),
                       "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
                       "batch_seconds": [round(x, 3) for x in batch_seconds]}
-        if label == "shard_batches" and len(batch_seconds) >= 2:
+        if label != "one_call" and len(batch_seconds) >= 2:
             # like the pipeline's "steady": batches 2..n (the first call pays the engine's first-forward warm-up)
             rest = outputs[size:]
-            out["shard_batches_steady"] = {
+            out[f"{label}_steady"] = {
                 "batch_size": size, "seconds": sum(batch_seconds[1:]), "problems": len(rest),
                 "prompt_tokens": sum(len(o.prompt_token_ids) for o in rest),
                 "generated_tokens": sum(len(o.outputs[0].token_ids) for o in rest)}
@@ -435,7 +448,7 @@ def run_hf(config, teacher, model_path: str, subset: int, batch_size: int) -> di
 def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_subset: int) -> dict[str, Any]:
     from tinyllm_ray.models import resolve_model
 
-    problems = 16 if quick else 48
+    problems = 16 if quick else 96
     batch = 8 if quick else 16
     config = job_config(tmp / f"gen_{model_key}", model_key,
                         {"format": "demo", "max_train_problems": problems, "max_eval_problems": 8},
@@ -446,6 +459,7 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     model_path = resolve_model(teacher.model)
     params = model_params(model_path)
     out: dict[str, Any] = {"model": teacher.model, "params": params, "problems": problems, "shard_batch": batch,
+                           "shards_in_flight": teacher.resources.shards_in_flight,
                            "max_tokens": teacher.sampling.max_tokens, "ray_init_seconds": ensure_ray()}
     print(f"[bench] gen {model_key}: pipeline", flush=True)
     pipe = run_pipeline(config)
@@ -463,7 +477,7 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     bare = run_bare_vllm(config, teacher, model_path)
     out["bare_vllm"] = {"engine_init_seconds": bare["engine_init_seconds"], "torch_threads": bare["torch_threads"],
                         "engine_kwargs": bare["engine_kwargs"]}
-    for label in ("shard_batches", "shard_batches_steady", "one_call"):
+    for label in ("shard_batches", "shard_batches_steady", "engine_batches", "engine_batches_steady", "one_call"):
         if label not in bare:
             continue
         b = bare[label]
@@ -834,23 +848,30 @@ def table(results: dict[str, Any]) -> str:
         gen_row(f"gen {key}", "pipeline stage", p["stage"], f"{g['problems']} problems, start-up est. "
                 f"{fmt(p.get('startup_estimate_s'), 1)} s, peak worker RSS {p['memory']['ray_worker_max_rss_mb']} MB")
         if "steady" in p:
-            gen_row(f"gen {key}", "pipeline steady", p["steady"], f"shards 2..{p['shards']}")
+            gen_row(f"gen {key}", "pipeline steady", p["steady"],
+                    f"shards {p['steady'].get('first_shard', 2)}..{p['shards']}, "
+                    f"{g.get('shards_in_flight', 1)} shards of {g['shard_batch']} in flight")
         b = g["bare_vllm"]
         gen_row(f"gen {key}", "bare vLLM (shard batches)", b["shard_batches"],
                 f"init {b['engine_init_seconds']} s, {b['torch_threads']} torch thr, "
                 f"same text {b['identical_to_pipeline']}")
-        if "shard_batches_steady" in b:
-            gen_row(f"gen {key}", "bare vLLM (batches 2..n)", b["shard_batches_steady"], "")
-        gen_row(f"gen {key}", "bare vLLM (one call)", b["one_call"], "2nd pass, all prompts at once")
+        for label in ("shard_batches", "engine_batches"):
+            if label == "engine_batches" and label in b:
+                gen_row(f"gen {key}", f"bare vLLM (batches of {b[label]['batch_size']})", b[label], "")
+            if f"{label}_steady" in b:
+                gen_row(f"gen {key}", f"bare vLLM (batches of {b[label]['batch_size']}, 2..n)", b[f"{label}_steady"], "")
+        gen_row(f"gen {key}", "bare vLLM (one call)", b["one_call"], "all prompts at once")
         h = g["transformers"]
         gen_row(f"gen {key}", "transformers generate", h, f"subset {h['subset']}, batch {h['batch_size']}, "
                 f"same text {h['identical_to_pipeline']}")
         steady = p.get("steady", p["stage"])["gen_tokens_per_s"]
-        bare_steady = b.get("shard_batches_steady", b["shard_batches"])["gen_tokens_per_s"]
+        # the bare engine at the batch the pipeline keeps in flight (batch x shards_in_flight)
+        reference = "engine_batches" if "engine_batches" in b else "shard_batches"
+        bare_steady = b.get(f"{reference}_steady", b[reference])["gen_tokens_per_s"]
         rows.append((f"gen {key}", "ratios", "", "", "", "",
                      f"pipeline stage / transformers = {p['stage']['gen_tokens_per_s'] / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
                      f"pipeline steady / transformers = {steady / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
-                     f"pipeline steady / bare steady = {steady / max(bare_steady, 1e-9):.2f}; "
+                     f"pipeline steady / bare steady (batches of {b[reference]['batch_size']}) = {steady / max(bare_steady, 1e-9):.2f}; "
                      f"stage / bare(shard) = {p['stage']['gen_tokens_per_s'] / max(b['shard_batches']['gen_tokens_per_s'], 1e-9):.2f}"))
     for key, t in results.get("train", {}).items():
         if "error" in t:

@@ -99,7 +99,11 @@ class ResourceConfig(Strict):
     """What one teacher actor asks of the cluster, and how many actors the pool has."""
 
     concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
-    batch_size: int = Field(16, ge=1, description="Problems per call to the engine.")
+    batch_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
+    shards_in_flight: int = Field(
+        2, ge=1, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
+        "the running batch while the last one's longest answers finish. batch_size x shards_in_flight is the "
+        "engine's batch; on GPUs aim near vLLM's max_num_seqs (256).")
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")

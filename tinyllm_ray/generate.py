@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,16 +85,19 @@ def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = No
 
 
 class TeacherEngine:
-    """A Ray Data actor owning one vLLM engine; turns problem batches into rationale (or answer) rows.
+    """A Ray Data actor owning one vLLM engine; turns shards of problems into rationale (or answer) rows.
 
-    Rows that fail (prompt too long, a request the engine rejects) come back with ``error`` set; an engine
-    that dies raises, which fails the stage.
+    Ray Data runs up to ``resources.shards_in_flight`` calls at once in the actor's threads; they share the engine
+    through an :class:`EngineLoop`, so it keeps batching across shard boundaries. Rows that fail (prompt too long, a
+    request the engine rejects) come back with ``error`` set; an engine that dies raises, which fails the stage.
     """
 
     def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
                  mode: str, sampling: dict, problems_path: str, out_dir: str):
         import ray
         from vllm import LLM, SamplingParams
+
+        from tinyllm_ray.engine_loop import EngineLoop
 
         self.teacher = TeacherConfig.model_validate(teacher)
         engine = self.teacher.engine
@@ -108,6 +112,8 @@ class TeacherEngine:
             kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer_lock = threading.Lock()  # calls render in their own threads; the engine loop tokenises too
+        self.loop = EngineLoop(self.llm, add_lock=self.tokenizer_lock)
         self.sampling_json = json.dumps(sampling, sort_keys=True)
         self.params = SamplingParams(**sampling)
         self.max_model_len = engine.max_model_len
@@ -148,10 +154,12 @@ class TeacherEngine:
         return summary
 
     def generate(self, problems: list[dict]) -> pa.Table:
-        rows = [self._row(p, self.render(p)) for p in problems]
+        with self.tokenizer_lock:
+            rows = [self._row(p, self.render(p)) for p in problems]
+            for row in rows:
+                row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
         runnable = []
         for row in rows:
-            row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
             if row["num_prompt_tokens"] >= self.max_model_len:
                 row["error"] = (f"prompt has {row['num_prompt_tokens']} tokens, engine.max_model_len is "
                                 f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
@@ -166,27 +174,14 @@ class TeacherEngine:
                     sampling_params=self.sampling_json, error=None)
 
     def _generate(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        try:
-            outputs = self.llm.generate([r["prompt"] for r in rows], self.params, use_tqdm=False)
-        except Exception as err:  # noqa: BLE001 - isolate the failing rows, unless the engine itself died
-            if len(rows) == 1 or _engine_dead(err):
-                if _engine_dead(err):
-                    raise
-                rows[0]["error"] = f"{type(err).__name__}: {err}"[:2000]
-                return
-            for row in rows:
-                self._generate([row])
-            return
+        outputs = self.loop.generate([r["prompt"] for r in rows], self.params)
         for row, output in zip(rows, outputs):
+            if isinstance(output, Exception):
+                row["error"] = f"{type(output).__name__}: {output}"[:2000]
+                continue
             completion = output.outputs[0]
             row.update(rationale=completion.text.strip(), num_generated_tokens=len(completion.token_ids),
                        finish_reason=str(completion.finish_reason or "stop"))
-
-
-def _engine_dead(err: Exception) -> bool:
-    return type(err).__name__ in {"EngineDeadError", "EngineGenerateError"} or "EngineCore" in str(err)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -308,9 +303,10 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
             remote_args["accelerator_type"] = resources.accelerator_type
         if resources.custom_resources:
             remote_args["resources"] = dict(resources.custom_resources)
-        # One shard per engine call (batch_size=1 over shard descriptors): a lost actor's shard is retried on a
-        # restarted one (Ray Data restarts actors) and rewritten whole. The output is only a summary row per shard,
-        # consumed as it streams: nothing of the dataset is materialised on the driver.
+        # One shard per call (batch_size=1 over shard descriptors), several calls at once per actor: a lost actor's
+        # shards are retried on a restarted one (Ray Data restarts actors) and rewritten whole. The output is only a
+        # summary row per shard, consumed as it streams: nothing of the dataset is materialised on the driver.
+        in_flight = resources.shards_in_flight
         summaries = ray.data.from_items(pending).map_batches(
             TeacherEngine,
             fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
@@ -318,7 +314,10 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
                                        demo_seed=config.prompts.demo_seed, mode=mode,
                                        sampling=sampling_dict(teacher, mode, max_tokens),
                                        problems_path=str(problems_path), out_dir=str(out_dir)),
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+            batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=in_flight,
+                                               max_concurrent_calls_per_actor=in_flight,
+                                               enable_true_multi_threading=True),
             num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args,
         )
         stage = "generate" if mode == "rationale" else "evaluate_teachers"

@@ -1,0 +1,119 @@
+"""Continuous batching across shards: one thread steps a vLLM engine, callers in other threads submit prompts.
+
+``LLM.generate`` drains the engine before it returns, so an actor that calls it once per shard leaves the engine
+running an ever smaller batch while the shard's longest answers finish, then idle while the next shard is read and
+rendered. With several shards in flight per actor (Ray Data runs that many calls at once in the actor's threads),
+each call hands its prompts to this loop and blocks; the next shard's requests join the running batch as soon as
+they are added. Glue only: vLLM's offline ``LLM.enqueue`` and ``LLMEngine.step``.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Call:
+    """One caller's prompts; ``results[i]`` becomes the RequestOutput of prompt i or the error that rejected it."""
+
+    prompts: list[str]
+    params: Any
+    results: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    failure: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def settle(self, index: int, result: Any) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.failure = error
+        self.done.set()
+
+
+class EngineLoop:
+    """Owns the stepping of ``llm`` (a ``vllm.LLM``): only this loop's thread touches the engine.
+
+    ``add_lock`` guards request rendering (tokenisation) when callers use the same tokenizer in their own threads;
+    a fast tokenizer used from two threads at once can fail with "Already borrowed".
+    """
+
+    def __init__(self, llm: Any, add_lock: AbstractContextManager | None = None):
+        self.llm = llm
+        self._add_lock = add_lock or nullcontext()
+        self._wakeup = threading.Condition()
+        self._inbox: list[_Call] = []
+        self._running: dict[str, tuple[_Call, int]] = {}
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+    def generate(self, prompts: list[str], params: Any) -> list[Any]:
+        """Outputs in prompt order: a ``RequestOutput`` per prompt, or the exception that rejected that prompt (e.g.
+        too long). Raises when the engine itself failed: every caller's work is lost then."""
+        call = _Call(list(prompts), params, results=[None] * len(prompts), remaining=len(prompts))
+        if not prompts:
+            return []
+        with self._wakeup:
+            if self._dead is not None:
+                raise RuntimeError("the vLLM engine loop stopped earlier") from self._dead
+            self._inbox.append(call)
+            self._wakeup.notify()
+        call.done.wait()
+        if call.failure is not None:
+            raise call.failure
+        return call.results
+
+    def _loop(self) -> None:
+        engine = self.llm.llm_engine
+        while True:
+            with self._wakeup:
+                while not self._inbox and not self._running:
+                    self._wakeup.wait()
+                new_calls, self._inbox = self._inbox, []
+            try:
+                for call in new_calls:
+                    self._add(call)
+                if self._running and not engine.has_unfinished_requests():
+                    raise RuntimeError(f"the vLLM engine dropped {len(self._running)} request(s)")
+                outputs = engine.step() if self._running else []
+            except BaseException as err:  # noqa: BLE001 - the engine is unusable: fail every waiting caller
+                self._stop(err, new_calls)
+                return
+            for output in outputs:
+                if output.finished:
+                    call, index = self._running.pop(output.request_id)
+                    call.settle(index, output)
+
+    def _add(self, call: _Call) -> None:
+        """Add a call's requests one by one, so that a prompt the engine rejects fails alone."""
+        for index, prompt in enumerate(call.prompts):
+            try:
+                with self._add_lock:
+                    [request_id] = self.llm.enqueue([prompt], call.params, use_tqdm=False)
+            except Exception as err:  # noqa: BLE001 - a rejected prompt is that row's error, unless the engine died
+                if engine_dead(err):
+                    raise
+                call.settle(index, err)
+                continue
+            # enqueue returns the internal id ("7-1a2b3c4d"); outputs carry the caller's part ("7").
+            self._running[request_id.split("-", 1)[0]] = (call, index)
+
+    def _stop(self, err: BaseException, new_calls: list[_Call]) -> None:
+        with self._wakeup:
+            self._dead = err
+            waiting = {id(c): c for c in [*new_calls, *self._inbox, *(c for c, _ in self._running.values())]}
+            self._inbox, self._running = [], {}
+        for call in waiting.values():
+            call.fail(err)
+
+
+def engine_dead(err: BaseException) -> bool:
+    """vLLM's errors for an engine that can take no more requests (as opposed to one bad request)."""
+    return type(err).__name__ in {"EngineDeadError", "EngineGenerateError"} or "EngineCore" in str(err)
