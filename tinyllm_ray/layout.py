@@ -54,6 +54,11 @@ class RunLayout:
         return self.work / "evaluation"
 
     @property
+    def teacher_answers(self) -> Path:
+        """Teachers' answers to the eval split, for their accuracy: shared, as they do not depend on a student."""
+        return self.root / "evaluation" / "teacher_answers"
+
+    @property
     def metrics(self) -> Path:
         """TensorBoard event files: ``generate/<teacher>`` under the root, ``train`` under each run's work folder."""
         return self.work / "metrics"

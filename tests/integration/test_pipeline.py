@@ -66,6 +66,23 @@ def test_teacher_prompt_contains_gold_answer(tiny_run: Path):
         assert row["prompt"].rstrip().endswith(f"Answer:\n({letter}) {problem['answer']}\nRationale:\nLet's think step by step.")
 
 
+def test_run_answers_eval_with_the_generation_engines(tiny_run: Path):
+    """`run` has each teacher answer the eval split in its generation pool, so `evaluate` starts no teacher: the
+    answers are finished before the student is, and they are answer-mode rows over the eval problems."""
+    student_done = (tiny_run / "student" / "manifest.json").stat().st_mtime
+    eval_ids = set(read_table(tiny_run / "problems" / "eval.parquet",
+                              __import__("tinyllm_ray.schemas").schemas.PROBLEM_SCHEMA).column("id").to_pylist())
+    for teacher in ("tiny_a", "tiny_b"):
+        folder = tiny_run / "evaluation" / "teacher_answers" / teacher
+        manifest = read_manifest(folder)
+        assert manifest["mode"] == "answer" and manifest["counts"]["rows"] == 8
+        assert (folder / "manifest.json").stat().st_mtime < student_done
+        rows = read_table(folder, RATIONALE_SCHEMA).to_pylist()
+        assert {r["id"] for r in rows} == eval_ids
+        assert all("Let's think step by step." not in r["prompt"] for r in rows)
+        assert json.loads(rows[0]["sampling_params"])["temperature"] == 0.0
+
+
 def test_rerun_reuses_and_changed_teacher_is_refused(tiny_run: Path):
     before = (tiny_run / "rationales" / "tiny_a" / "manifest.json").read_text()
     again = cli("generate", "tiny", "-o", str(tiny_run))
