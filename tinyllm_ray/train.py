@@ -98,6 +98,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     warmup = cfg["warmup_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    skip_single_rank_allreduce(engine)
     micro_steps, tokens, seconds_before = 0, 0, 0.0
     resumed_from = None
     if resume is not None:
@@ -164,6 +165,27 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         sinks.close()
     final = progress(micro_steps // accumulation, max(micro_steps - 1, 0) // cfg["micro_steps_per_epoch"])
     _export(engine, tokenizer, rank, final)
+
+
+def skip_single_rank_allreduce(engine) -> bool:
+    """Switch off DeepSpeed's gradient all-reduce where it is an identity: ZeRO-0, one data-parallel rank, and the
+    client torch optimizer unwrapped (fp32). Returns whether it did.
+
+    DeepSpeed still "all-reduces" every step with one rank: it flattens every gradient into a new buffer the size of
+    the model, scales it by 1/1, runs a one-rank collective and copies it back into each ``.grad`` (measured on a
+    2-core CPU with SmolLM2-135M: ~0.6 s a step, ~130k page faults from the fresh 540 MB buffer). ZeRO-1/2/3 and the
+    fp16/bf16 optimizer wrappers keep it: their partition / master-gradient bookkeeping runs in that call. With one
+    rank the only other effect is gone too: DeepSpeed zero-fills the ``.grad`` of parameters the step did not reach,
+    which AdamW would then decay; they now keep ``None`` and AdamW skips them, as in a plain PyTorch loop.
+    """
+    from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer
+
+    if (engine.zero_optimization_stage() == 0 and getattr(engine, "dp_world_size", None) == 1
+            and getattr(engine, "seq_dp_world_size", 1) == 1 and getattr(engine, "mp_world_size", 1) == 1
+            and not isinstance(engine.optimizer, DeepSpeedOptimizer)):
+        engine.enable_backward_allreduce = False
+        return True
+    return False
 
 
 def _logits(engine, batch: dict[str, Any], seq2seq: bool):
