@@ -600,12 +600,15 @@ def training_batches(config) -> tuple[list[dict[str, list]], str, list]:
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.models import resolve_model
     from tinyllm_ray.train import load_rationales
-    from tinyllm_ray.training_data import build_training_table, tasks_for
+    from tinyllm_ray.training_data import build_training_table, take_fraction, tasks_for
 
     layout = RunLayout.of(config.output_dir)
     teachers = config.distilled_teachers()
-    table, _ = build_training_table(load_frozen_problems(layout, "train"),
-                                    {t.name: load_rationales(layout, t.name) for t in teachers})
+    # exactly train()'s table: the same data fraction and rationale filter
+    problems = take_fraction(load_frozen_problems(layout, "train"), config.training.data_fraction,
+                             config.training.seed)
+    table, _ = build_training_table(problems, {t.name: load_rationales(layout, t.name) for t in teachers},
+                                    config.training.rationale_filter)
     table = table.take(np.random.default_rng(config.training.seed).permutation(table.num_rows))
     rows = table.to_pydict()
     mb = config.training.micro_batch_size
