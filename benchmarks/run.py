@@ -445,13 +445,20 @@ def run_hf(config, teacher, model_path: str, subset: int, batch_size: int) -> di
             "generated_tokens": gen_tokens, "texts": dict(zip(ids, texts))}
 
 
+def gen_data(tmp: Path, quick: bool) -> tuple[dict[str, Any], int]:
+    """(data config, train problems) of the gen section, reused by the train section: the demo's 48 train problems
+    twice over (new ids, so other demos in each prompt) for a full run, so that steady state spans several shards."""
+    if quick:
+        return {"format": "demo", "max_train_problems": 16, "max_eval_problems": 8}, 16
+    return {"format": "jsonl", "path": str(write_problems(tmp / "gen_data", 48, 2)), "max_eval_problems": 8}, 96
+
+
 def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_subset: int) -> dict[str, Any]:
     from tinyllm_ray.models import resolve_model
 
-    problems = 16 if quick else 96
+    data, problems = gen_data(tmp, quick)
     batch = 8 if quick else 16
-    config = job_config(tmp / f"gen_{model_key}", model_key,
-                        {"format": "demo", "max_train_problems": problems, "max_eval_problems": 8},
+    config = job_config(tmp / f"gen_{model_key}", model_key, data,
                         # one teacher: its actor gets every core (Ray gives it num_cpus threads), as the bare
                         # engine and the transformers loop do
                         [teacher_spec(model_key, "greedy", batch, cpus=os.cpu_count() or 1)])
@@ -699,9 +706,7 @@ def gen_for_training(model_key: str, tmp: Path, quick: bool, training: dict[str,
     """A config whose rationales exist (generated once, reused by later stages with the same fingerprint)."""
     from tinyllm_ray.generate import generate
 
-    problems = 16 if quick else 48
-    config = job_config(tmp / f"gen_{model_key}", model_key,
-                        {"format": "demo", "max_train_problems": problems, "max_eval_problems": 8},
+    config = job_config(tmp / f"gen_{model_key}", model_key, gen_data(tmp, quick)[0],
                         [teacher_spec(model_key, "greedy", 8 if quick else 16)], training=training)
     ensure_ray()
     generate(config)  # reuses the gen section's rationales when present
