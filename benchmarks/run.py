@@ -478,8 +478,8 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
                        "memory": pipe["memory"], "teacher_actor": pipe["teacher_actor"]}
     if "steady" in t:
         s = t["steady"]
-        out["pipeline"]["steady"] = rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
-                                          params, peak)
+        out["pipeline"]["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
+                                             params, peak), "first_shard": s["first_shard"]}
     print(f"[bench] gen {model_key}: bare vLLM", flush=True)
     bare = run_bare_vllm(config, teacher, model_path)
     out["bare_vllm"] = {"engine_init_seconds": bare["engine_init_seconds"], "torch_threads": bare["torch_threads"],
