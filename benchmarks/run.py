@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,17 @@ class MemSampler:
 
 
 # ---------------------------------------------------------------- helpers
+
+def wait_quiet(limit: float = 30.0, busy_percent: float = 25.0) -> float:
+    """Wait (up to ``limit`` s) until the machine's CPU use falls under ``busy_percent``: the previous variant's Ray
+    workers exit and free memory for several seconds, which would otherwise be charged to the next variant."""
+    import psutil
+
+    t = time.time()
+    while time.time() - t < limit and psutil.cpu_percent(interval=1.0) >= busy_percent:
+        pass
+    return round(time.time() - t, 1)
+
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
@@ -243,7 +255,7 @@ def job_config(out_dir: Path, model_key: str, data: dict[str, Any], teachers: li
         "teachers": teachers,
         "student": {"model": MODELS[model_key]["model"], "max_input_tokens": 256,
                     "max_target_tokens": MODELS[model_key]["student_max_target"]},
-        "training": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2, "micro_batch_size": 4,
+        "training": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": "auto", "micro_batch_size": 4,
                      "learning_rate": 1e-4, "epochs": 50, "max_steps": 5, "checkpoint_every_steps": None,
                      "log_every_steps": 1, **(training or {})},
         "evaluation": {"teachers": False},
@@ -511,9 +523,11 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
 # ---------------------------------------------------------------- training
 
 def make_timed_loop(log_path: str):
-    """The real train_loop_per_worker, with every ray.train.report() timestamped into a per-rank JSONL file.
+    """The real train_loop_per_worker, with every optimiser step timestamped into a per-rank JSONL file.
 
-    A closure so cloudpickle ships it by value (Ray workers need not import this module).
+    The loop calls ray.train.report() only with checkpoints, so the hooks sit on DeepSpeed's ``engine.step`` (the
+    end of a step; the benchmark uses no gradient accumulation) and on ``Collator.grouped`` (the non-pad tokens the
+    step trains on). A closure so cloudpickle ships it by value (Ray workers need not import this module).
     """
 
     def timed_loop(cfg):
@@ -522,29 +536,37 @@ def make_timed_loop(log_path: str):
 
         import ray.train
         import torch
+        from deepspeed.runtime.engine import DeepSpeedEngine
 
         from tinyllm_ray.train import train_loop_per_worker
+        from tinyllm_ray.training_data import Collator
 
         rank = ray.train.get_context().get_world_rank()
         handle = open(f"{log_path}.rank{rank}.jsonl", "a")
+        tokens = [0]
 
         def note(**fields):
             handle.write(_json.dumps({"t": _time.time(), **fields}) + "\n")
             handle.flush()
 
         note(event="enter", torch_threads=torch.get_num_threads())
-        original = ray.train.report
+        original_step, original_grouped = DeepSpeedEngine.step, Collator.grouped
 
-        def report(metrics, *args, **kwargs):
-            note(event="report", step=metrics.get("step"), tokens=metrics.get("train_tokens"),
-                 train_seconds=metrics.get("train_seconds"), final=bool(metrics.get("final")))
-            return original(metrics, *args, **kwargs)
+        def step(self, *args, **kwargs):
+            result = original_step(self, *args, **kwargs)
+            note(event="step", tokens=tokens[0])
+            return result
 
-        ray.train.report = report
+        def grouped(self, *args, **kwargs):
+            groups = original_grouped(self, *args, **kwargs)
+            tokens[0] += sum(int(g["attention_mask"].sum()) for g in groups)
+            return groups
+
+        DeepSpeedEngine.step, Collator.grouped = step, grouped
         try:
             train_loop_per_worker(cfg)
         finally:
-            ray.train.report = original
+            DeepSpeedEngine.step, Collator.grouped = original_step, original_grouped
             note(event="exit")
             handle.close()
 
@@ -571,7 +593,7 @@ def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
     for file in ranks:
         events = [json.loads(ln) for ln in file.read_text().splitlines() if ln.strip()]
         enter = next(e for e in events if e["event"] == "enter")
-        steps = [e for e in events if e["event"] == "report" and not e["final"]]
+        steps = [e for e in events if e["event"] == "step"]
         exit_ = next((e for e in events if e["event"] == "exit"), events[-1])
         rank = {"torch_threads": enter["torch_threads"], "enter_after_s": round(enter["t"] - t0, 2),
                 "steps": len(steps)}
@@ -581,11 +603,12 @@ def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
             rank["after_last_step_s"] = round(total - (steps[-1]["t"] - t0), 2)
             rank["export_s"] = round(exit_["t"] - steps[-1]["t"], 2)
         if len(steps) >= 3:
-            # steady state: exclude the first step (and its warm-up); step k's report ends step k
+            # steady state: exclude the first step (and its warm-up); event k ends step k
             rank["steady_steps"] = len(steps) - 1
             rank["steady_seconds"] = round(steps[-1]["t"] - steps[0]["t"], 3)
             rank["steady_tokens"] = steps[-1]["tokens"] - steps[0]["tokens"]
             rank["step_seconds"] = [round(b["t"] - a["t"], 3) for a, b in zip(steps, steps[1:])]
+            rank["median_step_s"] = round(statistics.median(rank["step_seconds"]), 3)
         per_rank.append(rank)
     out: dict[str, Any] = {"stage_seconds": round(total, 2), "workers": config.training.num_workers,
                            "optimizer_steps": manifest.get("optimizer_steps"), "memory": mem.result(),
@@ -595,6 +618,7 @@ def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
         tokens = sum(r["steady_tokens"] for r in per_rank)
         out["steady_tokens_per_s"] = round(tokens / seconds, 1)
         out["steady_step_s"] = round(seconds / per_rank[0]["steady_steps"], 3)
+        out["median_step_s"] = per_rank[0]["median_step_s"]
         out["startup_to_first_step_s"] = per_rank[0]["first_step_after_s"]
     return out
 
@@ -699,6 +723,7 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
     if len(times) >= 3:
         out["steady_tokens_per_s"] = round(sum(tokens[1:]) / sum(times[1:]), 1)
         out["steady_step_s"] = round(sum(times[1:]) / (len(times) - 1), 3)
+        out["median_step_s"] = round(statistics.median(times[1:]), 3)
     return out
 
 
@@ -714,33 +739,41 @@ def gen_for_training(model_key: str, tmp: Path, quick: bool, training: dict[str,
 
 
 def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
-    steps = 4 if quick else (8 if model_key == "tiny" else 6)
+    # enough steps that start-up transients (Ray Data ingest, the previous variant's workers exiting) average out
+    steps = 4 if quick else (30 if model_key == "tiny" else 14)
     mb = 2 if (quick or model_key == "smollm2") else 4
     config = gen_for_training(model_key, tmp, quick, {"num_workers": 1, "micro_batch_size": mb, "max_steps": steps},
                               "train")
     out: dict[str, Any] = {"model": config.student.model, "micro_batch_size": mb, "steps": steps,
                            "padding": padding_waste(config)}
-    print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-2, 1 worker", flush=True)
-    out["ray_deepspeed"] = run_train_stage(config, tmp / "train_logs", f"{model_key}-w1")
-    print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-0, 1 worker", flush=True)
-    zero0 = type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
-                                                                           "zero_stage": 0}})
-    out["ray_deepspeed_zero0"] = run_train_stage(zero0, tmp / "train_logs", f"{model_key}-w1-z0")
+
+    def with_stage(stage: int):
+        return type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
+                                                                               "zero_stage": stage}})
+
+    # ZeRO-0 is what training.zero_stage "auto" (the default) runs with one worker; ZeRO-2 shows what it saves
+    for stage, field in ((2, "ray_deepspeed"), (0, "ray_deepspeed_zero0")):
+        waited = wait_quiet()
+        print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-{stage}, 1 worker", flush=True)
+        out[field] = run_train_stage(with_stage(stage), tmp / "train_logs", f"{model_key}-w1-z{stage}")
+        out[field]["waited_for_quiet_s"] = waited
     worker_threads = out["ray_deepspeed"]["ranks"][0]["torch_threads"] if out["ray_deepspeed"]["ranks"] else 1
     thread_counts = sorted({worker_threads, os.cpu_count() or 1})
     for threads in thread_counts:
+        waited = wait_quiet()
         print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s)", flush=True)
         out[f"plain_{threads}t"] = run_plain_loop(config, steps, threads)
-    ds = out["ray_deepspeed"].get("steady_tokens_per_s")
+        out[f"plain_{threads}t"]["waited_for_quiet_s"] = waited
     same = out.get(f"plain_{worker_threads}t", {}).get("steady_tokens_per_s")
-    if ds and same:
-        out["steady_overhead_vs_plain_same_threads"] = round(same / ds - 1, 3)
     best = max((out[f"plain_{t}t"].get("steady_tokens_per_s") or 0) for t in thread_counts)
+    for field, key in (("ray_deepspeed", "steady_overhead_vs_plain_same_threads"),
+                       ("ray_deepspeed_zero0", "zero0_steady_overhead_vs_plain_same_threads")):
+        rate = out[field].get("steady_tokens_per_s")
+        if rate and same:
+            out[key] = round(same / rate - 1, 3)
+    ds = out["ray_deepspeed"].get("steady_tokens_per_s")
     if ds and best:
         out["steady_overhead_vs_best_plain"] = round(best / ds - 1, 3)
-    zero0_rate = out["ray_deepspeed_zero0"].get("steady_tokens_per_s")
-    if zero0_rate and same:
-        out["zero0_steady_overhead_vs_plain_same_threads"] = round(same / zero0_rate - 1, 3)
     return out
 
 
@@ -776,13 +809,15 @@ def bench_scale(tmp: Path, quick: bool, peak: float | None) -> dict[str, Any]:
         out["teachers"].append({"teachers": count, "problems_per_teacher": rows // count,
                                 **rates(pipe["stage_seconds"], rows, prompt, gen, params, peak),
                                 "memory": pipe["memory"]})
-    steps = 3 if quick else 8
-    for workers in (1, 2):
+    steps = 3 if quick else 20
+    for workers in (1, 2):  # training.zero_stage auto: ZeRO-0 with one worker, ZeRO-2 with two
         config = gen_for_training("tiny", tmp, quick, {"num_workers": workers, "micro_batch_size": 2 if quick else 4,
                                                        "max_steps": steps}, "scale")
+        waited = wait_quiet()
         print(f"[bench] scale: training with {workers} worker(s)", flush=True)
         result = run_train_stage(config, tmp / "train_logs", f"scale-w{workers}")
-        out["train_workers"].append({"workers": workers, **{k: result.get(k) for k in (
+        out["train_workers"].append({"workers": workers, "zero_stage": config.training.resolved_zero_stage,
+                                     "waited_for_quiet_s": waited, **{k: result.get(k) for k in (
             "stage_seconds", "steady_tokens_per_s", "steady_step_s", "startup_to_first_step_s", "memory")},
             "ranks": result["ranks"]})
     return out
@@ -891,13 +926,13 @@ def table(results: dict[str, Any]) -> str:
                 continue
             rows.append((f"train {key}", f"Ray Train+DS ZeRO-{stage} (1 worker)", fmt(d["stage_seconds"], 2),
                          fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "",
-                         f"step {d.get('steady_step_s')} s, first step after {d.get('startup_to_first_step_s')} s, "
+                         f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')}), first step after {d.get('startup_to_first_step_s')} s, "
                          f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr"))
         for name in sorted(k for k in t if k.startswith("plain_")):
             p = t[name]
             rows.append((f"train {key}", f"plain PyTorch ({p['torch_threads']} thr)", "",
                          fmt(p.get("steady_tokens_per_s")) + " train tok/s", "", "",
-                         f"step {p.get('steady_step_s')} s, start-up {p['startup_s']} s, first step {p['first_step_s']} s"))
+                         f"step {p.get('steady_step_s')} s (median {p.get('median_step_s')}), start-up {p['startup_s']} s, first step {p['first_step_s']} s"))
         rows.append((f"train {key}", "padding / overhead", "", "", "", "",
                      f"pad fraction {t['padding']['pad_fraction']} (one batch: "
                      f"{t['padding'].get('length_groups_1', {}).get('pad_fraction')}); steady overhead vs plain "
@@ -915,7 +950,7 @@ def table(results: dict[str, Any]) -> str:
         gen_row("scale teachers", f"{r['teachers']} x {r['problems_per_teacher']} problems", r,
                 f"driver {r['memory']['driver_rss_mb']} MB, ray workers {r['memory']['ray_workers_total_rss_mb']} MB")
     for r in s.get("train_workers", []):
-        rows.append(("scale train", f"{r['workers']} worker(s)", fmt(r["stage_seconds"], 2),
+        rows.append(("scale train", f"{r['workers']} worker(s), ZeRO-{r.get('zero_stage')}", fmt(r["stage_seconds"], 2),
                      fmt(r.get("steady_tokens_per_s")) + " train tok/s", "", "",
                      f"step {r.get('steady_step_s')} s, first step after {r.get('startup_to_first_step_s')} s, "
                      f"ray workers {r['memory']['ray_workers_total_rss_mb']} MB"))

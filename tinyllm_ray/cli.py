@@ -155,7 +155,7 @@ def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
     if show:
         typer.echo(config_to_yaml(job))
     typer.echo(f"ok: job {job.name!r}, data {job.data.dataset} {counts}, teachers "
-               f"{[t.name for t in job.teachers]}, student {job.student.model}, ZeRO-{job.training.zero_stage} "
+               f"{[t.name for t in job.teachers]}, student {job.student.model}, ZeRO-{job.training.resolved_zero_stage} "
                f"x {job.training.num_workers} workers -> {job.output_dir}")
 
 

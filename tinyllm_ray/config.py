@@ -164,7 +164,8 @@ class TrainingConfig(Strict):
         default_factory=dict, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How Ray places the training workers' placement group across nodes.")
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
+        "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
     length_groups: int = Field(2, ge=1, le=8, description="Forward passes per micro-batch, its sequences grouped by "
@@ -180,11 +181,19 @@ class TrainingConfig(Strict):
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
     seed: int = 0
-    log_every_steps: int = Field(10, ge=1, description="Report to Ray Train and print a progress line every N steps (each report costs ~0.15 s); metrics sinks get every step.")
+    log_every_steps: int = Field(10, ge=1, description="Print a progress line every N steps; metrics sinks get every step.")
     checkpoint_every_steps: int | None = Field(
         50, ge=1, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
     max_failures: int = Field(2, ge=-1, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
     rationale_filter: RationaleFilter = RationaleFilter()
+
+    @property
+    def resolved_zero_stage(self) -> int:
+        """The ZeRO stage DeepSpeed runs: ``auto`` is 0 for one worker (ZeRO-1/2/3 only add copies into and out of
+        flat partitions there) and 2 for more (optimizer state and gradients sharded)."""
+        if self.zero_stage == "auto":
+            return 0 if self.num_workers == 1 else 2
+        return self.zero_stage
 
     @field_validator("alpha")
     @classmethod

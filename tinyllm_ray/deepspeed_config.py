@@ -12,17 +12,18 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
 
     torch AdamW instead of DeepSpeed's CPU/fused Adam: those JIT-compile C++/CUDA ops for minutes at start-up.
     """
+    stage = training.resolved_zero_stage
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.micro_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "train_batch_size": training.micro_batch_size * training.gradient_accumulation_steps * world_size,
         "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": training.zero_stage},
+        "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if training.zero_stage == 3:
+    if stage == 3:
         config["zero_optimization"].update({
             "stage3_gather_16bit_weights_on_model_save": True,
             "overlap_comm": False,
@@ -37,9 +38,9 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
 def slow_setting_warnings(training: TrainingConfig) -> list[str]:
     """Legal settings that only cost time, to warn about before training starts."""
     warnings = []
-    if training.num_workers == 1 and training.zero_stage > 0:
+    if training.num_workers == 1 and training.resolved_zero_stage > 0:
         warnings.append(
             f"training.zero_stage={training.zero_stage} with 1 worker: ZeRO shards state across workers, with one "
             "it only adds copies into and out of its flat fp32 partitions (measured on a 2-core CPU with "
-            "SmolLM2-135M: ~2 s per step, 20-90% of the step); set training.zero_stage=0")
+            "SmolLM2-135M: ~2 s per step, 20-90% of the step); set training.zero_stage=0 or auto")
     return warnings

@@ -36,6 +36,18 @@ def test_stages_below_3_have_no_stage3_keys(stage):
     assert type(config["zero_optimization"]["stage"]) is int
 
 
+@pytest.mark.parametrize(("workers", "stage"), [(1, 0), (2, 2), (8, 2)])
+def test_auto_stage_is_0_for_one_worker_and_2_for_more(workers, stage):
+    training = TrainingConfig(num_workers=workers)
+    assert training.zero_stage == "auto"
+    assert build_deepspeed_config(training, world_size=workers)["zero_optimization"] == {"stage": stage}
+
+
+def test_explicit_stage_wins_over_auto():
+    assert TrainingConfig(num_workers=1, zero_stage=2).resolved_zero_stage == 2
+    assert TrainingConfig(num_workers=4, zero_stage=0).resolved_zero_stage == 0
+
+
 def test_stage_3_gathers_weights_on_save():
     config = build_deepspeed_config(TrainingConfig(zero_stage=3), world_size=2)
     zero = config["zero_optimization"]
@@ -103,4 +115,5 @@ def test_zero_with_one_worker_warns():
 
     assert "zero_stage=0" in slow_setting_warnings(TrainingConfig(num_workers=1, zero_stage=2))[0]
     assert slow_setting_warnings(TrainingConfig(num_workers=1, zero_stage=0)) == []
+    assert slow_setting_warnings(TrainingConfig(num_workers=1)) == []  # auto: stage 0
     assert slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=3)) == []
