@@ -46,6 +46,9 @@ def set_env(tmp: Path) -> None:
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from tinyllm_ray.runtime import ONEDNN_CACHE_CAPACITY
+
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)  # the bare engine as the actors
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -987,7 +990,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick, "sections": only,
         "machine": machine_info(), "loadavg_start": loadavg(), "versions": versions(),
         "env": {k: os.environ.get(k) for k in ("VLLM_TARGET_DEVICE", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                                                "HF_HUB_OFFLINE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")},
+                                                "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "HF_HUB_OFFLINE",
+                                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")},
     }
     results["matmul_peak"] = matmul_peak()
     peak = results["matmul_peak"]["best_gflops"]
