@@ -154,9 +154,10 @@ def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
         raise typer.Exit(2) from None
     if show:
         typer.echo(config_to_yaml(job))
+    training = job.training
     typer.echo(f"ok: job {job.name!r}, data {job.data.dataset} {counts}, teachers "
-               f"{[t.name for t in job.teachers]}, student {job.student.model}, ZeRO-{job.training.resolved_zero_stage} "
-               f"x {job.training.num_workers} workers -> {job.output_dir}")
+               f"{[t.name for t in job.teachers]}, student {job.student.model}, ZeRO-{training.resolved_zero_stage} "
+               f"x {training.num_workers} worker{'s' if training.num_workers > 1 else ''} -> {job.output_dir}")
 
 
 @app.command()
