@@ -483,18 +483,23 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     out: dict[str, Any] = {"model": teacher.model, "params": params, "problems": problems, "shard_batch": batch,
                            "shards_in_flight": teacher.resources.shards_in_flight,
                            "max_tokens": teacher.sampling.max_tokens, "ray_init_seconds": ensure_ray()}
+
+    def pipeline() -> dict[str, Any]:
+        pipe = run_pipeline(config)
+        t = pipe["teachers"][teacher.name]
+        result = {"stage": rates(pipe["stage_seconds"], t["rows"], t["prompt_tokens"], t["generated_tokens"],
+                                 params, peak),
+                  "manifest_seconds": t["manifest_seconds"], "startup_estimate_s": t.get("startup_estimate_s"),
+                  "first_shard_after_s": t["first_shard_after_s"], "shards": t["shards"],
+                  "memory": pipe["memory"], "teacher_actor": pipe["teacher_actor"]}
+        if "steady" in t:
+            s = t["steady"]
+            result["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
+                                        params, peak), "first_shard": s["first_shard"]}
+        return result
+
     print(f"[bench] gen {model_key}: pipeline", flush=True)
-    pipe = run_pipeline(config)
-    t = pipe["teachers"][teacher.name]
-    out["pipeline"] = {"stage": rates(pipe["stage_seconds"], t["rows"], t["prompt_tokens"], t["generated_tokens"],
-                                      params, peak),
-                       "manifest_seconds": t["manifest_seconds"], "startup_estimate_s": t.get("startup_estimate_s"),
-                       "first_shard_after_s": t["first_shard_after_s"], "shards": t["shards"],
-                       "memory": pipe["memory"], "teacher_actor": pipe["teacher_actor"]}
-    if "steady" in t:
-        s = t["steady"]
-        out["pipeline"]["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
-                                             params, peak), "first_shard": s["first_shard"]}
+    out["pipeline"] = pipeline()
     print(f"[bench] gen {model_key}: bare vLLM", flush=True)
     bare = run_bare_vllm(config, teacher, model_path)
     out["bare_vllm"] = {"engine_init_seconds": bare["engine_init_seconds"], "torch_threads": bare["torch_threads"],
@@ -520,6 +525,11 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
                                    params, peak)}
     same = sum(pipeline_text.get(i) == text.strip() for i, text in hf["texts"].items())
     out["transformers"]["identical_to_pipeline"] = f"{same}/{len(hf['texts'])}"
+    if not quick:
+        # the pipeline again after the bare engine and transformers: the comparison is bracketed against this VM's
+        # drift (its speed changes by up to ~35 % between runs), as the training section does
+        print(f"[bench] gen {model_key}: pipeline again (bracketing the bare engine)", flush=True)
+        out["pipeline_after"] = pipeline()
     return out
 
 
@@ -908,6 +918,9 @@ def table(results: dict[str, Any]) -> str:
             gen_row(f"gen {key}", "pipeline steady", p["steady"],
                     f"shards {p['steady'].get('first_shard', 2)}..{p['shards']}, "
                     f"{g.get('shards_in_flight', 1)} shards of {g['shard_batch']} in flight")
+        after = g.get("pipeline_after", {})
+        if "steady" in after:
+            gen_row(f"gen {key}", "pipeline steady, run again last", after["steady"], "after bare and transformers")
         b = g["bare_vllm"]
         gen_row(f"gen {key}", "bare vLLM (shard batches)", b["shard_batches"],
                 f"init {b['engine_init_seconds']} s, {b['torch_threads']} torch thr, "
@@ -922,12 +935,14 @@ def table(results: dict[str, Any]) -> str:
         gen_row(f"gen {key}", "transformers generate", h, f"subset {h['subset']}, batch {h['batch_size']}, "
                 f"same text {h['identical_to_pipeline']}")
         steady = p.get("steady", p["stage"])["gen_tokens_per_s"]
+        if "steady" in after:  # the mean of the runs before and after the bare engine
+            steady = (steady + after["steady"]["gen_tokens_per_s"]) / 2
         # the bare engine at the batch the pipeline keeps in flight (batch x shards_in_flight)
         reference = "engine_batches" if "engine_batches" in b else "shard_batches"
         bare_steady = b.get(f"{reference}_steady", b[reference])["gen_tokens_per_s"]
         rows.append((f"gen {key}", "ratios", "", "", "", "",
                      f"pipeline stage / transformers = {p['stage']['gen_tokens_per_s'] / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
-                     f"pipeline steady / transformers = {steady / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
+                     f"pipeline steady (mean of runs) / transformers = {steady / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
                      f"pipeline steady / bare steady (batches of {b[reference]['batch_size']}) = {steady / max(bare_steady, 1e-9):.2f}; "
                      f"stage / bare(shard) = {p['stage']['gen_tokens_per_s'] / max(b['shard_batches']['gen_tokens_per_s'], 1e-9):.2f}"))
     for key, t in results.get("train", {}).items():
