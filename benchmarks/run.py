@@ -527,7 +527,7 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     out["transformers"]["identical_to_pipeline"] = f"{same}/{len(hf['texts'])}"
     if not quick:
         # the pipeline again after the bare engine and transformers: the comparison is bracketed against this VM's
-        # drift (its speed changes by up to ~35 % between runs), as the training section does
+        # drift (its speed changes by tens of percent between runs), as the training section does
         print(f"[bench] gen {model_key}: pipeline again (bracketing the bare engine)", flush=True)
         out["pipeline_after"] = pipeline()
     return out
@@ -764,7 +764,7 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
         return type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
                                                                                "zero_stage": stage}})
 
-    # This VM's speed drifts by up to ~20 % over minutes (the matmul peak measured 117-144 GFLOP/s across runs), so
+    # This VM's speed drifts by tens of percent (the matmul peak measured 90-169 GFLOP/s on one day), so
     # the plain loop runs before and after ZeRO-0 and the overhead is taken against their mean. ZeRO-0 is what
     # training.zero_stage "auto" (the default) runs with one worker; ZeRO-2 shows what the explicit setting costs.
     def plain(field: str, threads: int) -> None:
