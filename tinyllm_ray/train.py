@@ -325,7 +325,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     rationales = {t.name: load_rationales(layout, t.name) for t in teachers}
     inputs = {t.name: read_manifest(layout.teacher_dir(t.name))["fingerprint"] for t in teachers}
     fingerprint = stable_hash({"student": config.student.model_dump(mode="json"),
-                               "training": config.training.model_dump(mode="json", exclude=OPERATIONAL_SETTINGS),
+                               "training": trained_settings(config.training),
                                "task_prefix": config.prompts.task_prefix, "rationales": inputs,
                                "prefixes": {t.name: t.rationale_prefix for t in teachers},
                                "problems": read_manifest(layout.problems)["fingerprint"]})
@@ -418,6 +418,13 @@ def final_export(result) -> tuple[Any, dict[str, Any]]:
         if checkpoint is not None and (metrics or {}).get("final"):
             return checkpoint, dict(metrics)
     raise TrainingError("training finished without exporting the student checkpoint")
+
+
+def trained_settings(training) -> dict[str, Any]:
+    """The training settings the student fingerprint covers: operational ones left out, the ZeRO stage as it runs
+    (``auto`` and the stage it picks train the same student, so neither retrains the other's)."""
+    return {**training.model_dump(mode="json", exclude=OPERATIONAL_SETTINGS),
+            "zero_stage": training.resolved_zero_stage}
 
 
 def micro_step_plan(rows: int, training) -> tuple[int, int]:

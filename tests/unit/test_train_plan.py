@@ -8,7 +8,7 @@ import pytest
 
 from tinyllm_ray.config import TrainingConfig, load_config
 from tinyllm_ray.train import (OPERATIONAL_SETTINGS, TrainingError, checkpoint_due, final_export, micro_step_plan,
-                               resume_position)
+                               resume_position, trained_settings)
 
 
 def test_micro_step_plan_whole_windows_and_max_steps():
@@ -84,12 +84,21 @@ def test_final_export_is_never_a_mid_run_checkpoint():
 
 
 def test_operational_settings_do_not_change_what_is_trained():
-    base = load_config("tiny").training.model_dump(mode="json", exclude=OPERATIONAL_SETTINGS)
-    changed = load_config("tiny", ["training.checkpoint_every_steps=2", "training.max_failures=0",
-                                   "training.log_every_steps=5"]).training.model_dump(mode="json",
-                                                                                     exclude=OPERATIONAL_SETTINGS)
+    base = trained_settings(load_config("tiny").training)
+    changed = trained_settings(load_config("tiny", ["training.checkpoint_every_steps=2", "training.max_failures=0",
+                                                    "training.log_every_steps=5"]).training)
     assert base == changed
     assert OPERATIONAL_SETTINGS <= set(TrainingConfig.model_fields)
+    assert not OPERATIONAL_SETTINGS & set(base)
+
+
+def test_auto_zero_stage_fingerprints_as_the_stage_it_runs():
+    assert trained_settings(TrainingConfig(num_workers=2)) == trained_settings(TrainingConfig(num_workers=2,
+                                                                                              zero_stage=2))
+    assert trained_settings(TrainingConfig(num_workers=1)) == trained_settings(TrainingConfig(num_workers=1,
+                                                                                              zero_stage=0))
+    assert trained_settings(TrainingConfig(num_workers=2)) != trained_settings(TrainingConfig(num_workers=2,
+                                                                                              zero_stage=3))
 
 
 def test_checkpoint_settings_validate():
