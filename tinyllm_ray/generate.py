@@ -75,6 +75,8 @@ def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
 
 # ---------------------------------------------------------------- the teacher actor
 
+DEMO_POOL_ROLE = "train"  # teachers' in-context demonstrations come from the frozen train problems
+
 def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = None) -> dict[str, Any]:
     """The teacher's sampling for rationales; greedy for answers (teacher accuracy is measured deterministically)."""
     sampling = teacher.sampling.model_dump()
@@ -83,6 +85,22 @@ def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = No
     if mode == "answer":
         sampling.update(temperature=0.0, top_p=1.0)
     return sampling
+
+
+def demos_from_pool(pool: pa.Table, problems: list[dict], pool_offset: int | None, k: int,
+                    seed: int) -> list[list[dict]]:
+    """Each problem's k demonstrations from the Arrow ``pool`` (the train split), as :func:`prompts.sample_demos`
+    picks them. ``pool_offset``: where ``problems`` start in the pool, or None for problems from another split."""
+    demos = []
+    for i, problem in enumerate(problems):
+        own = None if pool_offset is None else pool_offset + i
+        if own is not None and pool["id"][own].as_py() != problem["id"]:
+            raise GenerationError(f"problem {problem['id']!r} is not at row {own} of the demo pool: the frozen "
+                                  "problems changed during the run; rerun with --force")
+        positions = prompts.demo_positions(len(pool), own, problem["id"], k, seed)
+        # one-row slices: zero-copy and flat in the pool's size (Table.take concatenates its chunks first)
+        demos.append([pool.slice(p, 1).to_pylist()[0] for p in positions])
+    return demos
 
 
 class TeacherEngine:
@@ -95,7 +113,7 @@ class TeacherEngine:
 
     def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
                  passes: list[dict]):
-        """``passes``: what shards can ask for, by index: mode, sampling, problems_path, out_dir of each."""
+        """``passes``: what shards can ask for, by index: role, mode, sampling, problems_path, out_dir of each."""
         import ray
         from vllm import LLM, SamplingParams
 
@@ -123,12 +141,13 @@ class TeacherEngine:
         self.use_chat = self.teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
         if not isinstance(demo_pool, pa.Table):  # an ObjectRef: one copy of the pool in the object store
             demo_pool = ray.get(demo_pool)
-        self.pool = demo_pool.to_pylist()
+        # Kept as Arrow, read zero-copy from the object store; each problem slices out only its demos' rows. As Python
+        # dicts the pool cost ~6x its Arrow size in every actor, and scanning it cost time per problem.
+        self.pool = demo_pool
         self.num_demos, self.demo_seed = num_demos, demo_seed
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def render(self, problem: dict, mode: str) -> str:
-        demos = prompts.sample_demos(self.pool, problem["id"], self.num_demos, self.demo_seed)
+    def render(self, problem: dict, demos: list[dict], mode: str) -> str:
         build = prompts.teacher_forcing_prompt if mode == "rationale" else prompts.answer_prompt
         text = build(problem, demos, self.teacher.instruction)
         if not self.use_chat:
@@ -146,7 +165,7 @@ class TeacherEngine:
             start = time.time()
             todo = self.passes[int(index)]
             problems = read_rows(todo["problems_path"], int(offset), int(count), PROBLEM_SCHEMA).to_pylist()
-            table = self.generate(problems, todo)
+            table = self.generate(problems, todo, int(offset) if todo["role"] == DEMO_POOL_ROLE else None)
             stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
             write_table(table, todo["out_dir"] / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
             for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
@@ -156,9 +175,11 @@ class TeacherEngine:
                 summary[key].append(value)
         return summary
 
-    def generate(self, problems: list[dict], todo: dict) -> pa.Table:
+    def generate(self, problems: list[dict], todo: dict, pool_offset: int | None) -> pa.Table:
+        demos = demos_from_pool(self.pool, problems, pool_offset, self.num_demos, self.demo_seed)
         with self.tokenizer_lock:
-            rows = [self._row(p, self.render(p, todo["mode"]), todo["sampling_json"]) for p in problems]
+            rows = [self._row(p, self.render(p, d, todo["mode"]), todo["sampling_json"])
+                    for p, d in zip(problems, demos)]
             for row in rows:
                 row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
         runnable = []
@@ -269,7 +290,7 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
                 todo.setdefault(teacher.name, []).append((index, out_dir, fingerprint))
     if not todo:
         return manifests
-    pool_ref = ray.put(load_frozen_problems(layout, "train"))
+    pool_ref = ray.put(load_frozen_problems(layout, DEMO_POOL_ROLE))
     by_name = {t.name: t for t in teachers}
     # Resolve (and, for builtins, build) models once here: threads racing on first-time imports break them.
     model_paths = {by_name[name].model: resolve_model(by_name[name].model) for name in todo}
@@ -338,7 +359,7 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
             remote_args["accelerator_type"] = resources.accelerator_type
         if resources.custom_resources:
             remote_args["resources"] = dict(resources.custom_resources)
-        passes = [dict(mode=job.mode, sampling=sampling_dict(teacher, job.mode, job.max_tokens),
+        passes = [dict(role=job.role, mode=job.mode, sampling=sampling_dict(teacher, job.mode, job.max_tokens),
                        problems_path=str(plan[0]), out_dir=str(out_dir))
                   for (job, out_dir, _), plan in zip(jobs, plans)]
         # One shard per call (batch_size=1 over shard descriptors), several calls at once per actor: a lost actor's

@@ -47,17 +47,29 @@ def teacher_block(problem: Mapping[str, Any], with_answer: bool, rationale_cue: 
     return "\n".join(parts)
 
 
+def demo_positions(pool_size: int, query_position: int | None, query_id: str, k: int, seed: int) -> list[int]:
+    """Positions in a pool of ``pool_size`` problems of the k demonstrations for one query, never the query's own
+    ``query_position`` (None when the query is not in the pool); deterministic per (seed, query id).
+
+    O(k), whatever the pool size: ``random.sample`` draws positions that depend only on the population's length, so
+    sampling ``range(n)`` picks exactly what sampling the pool without the query would (:func:`sample_demos`).
+    """
+    if k == 0:
+        return []
+    others = pool_size - (query_position is not None)
+    if others < k:
+        raise ValueError(f"need {k} demonstrations but the train split has only {max(others, 0)} other problems")
+    rng = random.Random(f"{seed}:{query_id}")
+    picks = rng.sample(range(others), k)
+    return picks if query_position is None else [p + (p >= query_position) for p in picks]
+
+
 def sample_demos(
     pool: Sequence[Mapping[str, Any]], query_id: str, k: int, seed: int
 ) -> list[Mapping[str, Any]]:
     """k demonstrations from ``pool`` excluding the query; deterministic per (seed, query id)."""
-    if k == 0:
-        return []
-    candidates = [p for p in pool if p["id"] != query_id]
-    if len(candidates) < k:
-        raise ValueError(f"need {k} demonstrations but the train split has only {len(candidates)} other problems")
-    rng = random.Random(f"{seed}:{query_id}")
-    return rng.sample(candidates, k)
+    position = next((i for i, p in enumerate(pool) if p["id"] == query_id), None)
+    return [pool[i] for i in demo_positions(len(pool), position, query_id, k, seed)]
 
 
 def teacher_forcing_prompt(

@@ -1,10 +1,13 @@
-"""Pure parts of the generate stage: shard layout and the per-shard stats that add up to a teacher's manifest."""
+"""Pure parts of the generate stage: shard layout, the per-shard stats that add up to a teacher's manifest, and the
+actors' demonstrations."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
-from tinyllm_ray.generate import merge_stats, plan_shards, rationale_stats
+from tinyllm_ray.generate import GenerationError, demos_from_pool, merge_stats, plan_shards, rationale_stats
+from tinyllm_ray.prompts import sample_demos
 
 PROBLEMS = {
     "p1": {"id": "p1", "answer_index": 0, "choices": ["heat", "cold"]},
@@ -45,3 +48,25 @@ def test_merge_keeps_the_first_shards_error():
     second = rationale_stats([row("p2", error="second")], PROBLEMS)
     assert merge_stats([rationale_stats([row("p3")], PROBLEMS), first, second])["first_error"] == "first"
     assert merge_stats([]) == {"first_error": None, "rows": 0, "errors": 0}
+
+
+def demo_pool(n: int) -> pa.Table:
+    rows = [{"id": f"t{i}", "question": f"question {i}?", "choices": ["x", "y"], "answer_index": i % 2}
+            for i in range(n)]
+    return pa.Table.from_batches(pa.Table.from_pylist(rows).to_batches(max_chunksize=7))  # chunked like row groups
+
+
+def test_actor_demos_from_the_arrow_pool_are_the_demos_sample_demos_picks():
+    pool = demo_pool(50)
+    rows = pool.to_pylist()
+    shard = rows[20:36]  # a train shard at offset 20, spanning several chunks
+    assert demos_from_pool(pool, shard, 20, 3, seed=4) == [sample_demos(rows, p["id"], 3, 4) for p in shard]
+    eval_problems = [{"id": "e1"}, {"id": "e2"}]  # another split: the whole pool is eligible
+    assert demos_from_pool(pool, eval_problems, None, 2, seed=0) == [sample_demos(rows, p["id"], 2, 0)
+                                                                    for p in eval_problems]
+
+
+def test_actor_demos_refuse_a_shard_that_is_not_where_the_pool_has_it():
+    pool = demo_pool(10)
+    with pytest.raises(GenerationError, match="not at row 3 of the demo pool"):
+        demos_from_pool(pool, pool.to_pylist()[2:5], 3, 2, seed=0)

@@ -140,6 +140,30 @@ def test_sample_demos_pool_too_small():
         sample_demos([], "p01", 1, seed=0)
 
 
+def _sample_demos_by_scanning(pool, query_id, k, seed):
+    """The original O(pool) definition: sample from a copy of the pool without the query."""
+    import random
+
+    candidates = [p for p in pool if p["id"] != query_id]
+    return random.Random(f"{seed}:{query_id}").sample(candidates, k)
+
+
+@pytest.mark.parametrize("size", [3, 8, 21, 22, 40, 200])
+def test_demo_positions_pick_what_sampling_the_pool_without_the_query_picks(size):
+    """Same demos as before the O(k) rewrite, so existing rationales keep their fingerprints; both of random.sample's
+    branches (small and large populations) are covered by the sizes."""
+    items = pool(size)
+    for k in sorted({1, 2, min(7, size - 1)}):
+        for seed in (0, 3):
+            for position in sorted({0, 1, size // 2, size - 1}):
+                query = items[position]["id"]
+                expected = _sample_demos_by_scanning(items, query, k, seed)
+                assert [items[i] for i in prompts.demo_positions(size, position, query, k, seed)] == expected
+                assert sample_demos(items, query, k, seed) == expected
+            outsider = _sample_demos_by_scanning(items, "eval-1", k, seed)  # a query from another split
+            assert [items[i] for i in prompts.demo_positions(size, None, "eval-1", k, seed)] == outsider
+
+
 def test_sample_demos_k_zero():
     assert sample_demos(pool(5), "p00", 0, seed=0) == []
     assert sample_demos([], "p00", 0, seed=0) == []
