@@ -1,6 +1,6 @@
 """Side-by-side speed and memory benchmarks of tinyllm_ray (issue 5).
 
-    python -m benchmarks.run [--quick] [--only gen,train,scale,startup] [--out benchmarks/out]
+    python -m benchmarks.run [--quick] [--only gen,train,scale,startup] [--models tiny,smollm2] [--out benchmarks/out]
 
 Sections (each one is independent; a failing section is recorded in the JSON and the others still run):
 
@@ -10,9 +10,10 @@ Sections (each one is independent; a failing section is recorded in the JSON and
 * ``gen``     teacher generation, per model: (a) the real ``generate`` stage (Ray Data + vLLM actor), (b) the same
               engine args / prompts / SamplingParams on a bare in-process ``vllm.LLM``, (c) a plain transformers
               batched ``generate`` loop (left padding, greedy, same max_tokens and stop string).
-* ``train``   student training: the real ``train`` stage (Ray Train, 1 worker, DeepSpeed ZeRO-2) vs a plain
-              single-process PyTorch loop over the same Collator batches, same optimizer and steps.
-* ``scale``   generation as the dataset grows and as teachers are added; training with 1 vs 2 workers.
+* ``train``   student training: the real ``train`` stage (Ray Train, 1 worker, DeepSpeed ZeRO-0 and ZeRO-2) vs a
+              plain single-process PyTorch loop over the same Collator batches, same optimizer and steps.
+* ``scale``   generation as the dataset grows and as teachers are added; the actor's demo picking as the train
+              split grows; training with 1 vs 2 workers.
 
 Nothing here asserts a timing: the numbers go to a table and a JSON file (``--out``).
 """
@@ -460,18 +461,25 @@ def run_hf(config, teacher, model_path: str, subset: int, batch_size: int) -> di
             "generated_tokens": gen_tokens, "texts": dict(zip(ids, texts))}
 
 
-def gen_data(tmp: Path, quick: bool) -> tuple[dict[str, Any], int]:
+# How many times the gen section repeats the demo's 48 train problems: the tiny model's engine does a shard in ~0.1 s,
+# so it needs many more shards than SmolLM2 for its steady state to span seconds rather than one.
+GEN_REPEATS = {"smollm2": 2, "tiny": 20}
+
+
+def gen_data(tmp: Path, quick: bool, model_key: str) -> tuple[dict[str, Any], int]:
     """(data config, train problems) of the gen section, reused by the train section: the demo's 48 train problems
-    twice over (new ids, so other demos in each prompt) for a full run, so that steady state spans several shards."""
+    repeated under new ids (so other demos in each prompt) for a full run, so that steady state spans many shards."""
     if quick:
         return {"format": "demo", "max_train_problems": 16, "max_eval_problems": 8}, 16
-    return {"format": "jsonl", "path": str(write_problems(tmp / "gen_data", 48, 2)), "max_eval_problems": 8}, 96
+    repeats = GEN_REPEATS[model_key]
+    folder = write_problems(tmp / f"gen_data_{repeats}", 48, repeats)
+    return {"format": "jsonl", "path": str(folder), "max_eval_problems": 8}, 48 * repeats
 
 
 def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_subset: int) -> dict[str, Any]:
     from tinyllm_ray.models import resolve_model
 
-    data, problems = gen_data(tmp, quick)
+    data, problems = gen_data(tmp, quick, model_key)
     batch = 8 if quick else 16
     config = job_config(tmp / f"gen_{model_key}", model_key, data,
                         # one teacher: its actor gets every core (Ray gives it num_cpus threads), as the bare
@@ -744,7 +752,7 @@ def gen_for_training(model_key: str, tmp: Path, quick: bool, training: dict[str,
     """A config whose rationales exist (generated once, reused by later stages with the same fingerprint)."""
     from tinyllm_ray.generate import generate
 
-    config = job_config(tmp / f"gen_{model_key}", model_key, gen_data(tmp, quick)[0],
+    config = job_config(tmp / f"gen_{model_key}", model_key, gen_data(tmp, quick, model_key)[0],
                         [teacher_spec(model_key, "greedy", 8 if quick else 16)], training=training)
     ensure_ray()
     generate(config)  # reuses the gen section's rationales when present
@@ -833,6 +841,7 @@ def bench_scale(tmp: Path, quick: bool, peak: float | None) -> dict[str, Any]:
         out["teachers"].append({"teachers": count, "problems_per_teacher": rows // count,
                                 **rates(pipe["stage_seconds"], rows, prompt, gen, params, peak),
                                 "memory": pipe["memory"]})
+    out["demo_pool"] = [demo_pool_cost(base * repeat) for repeat in ((1, 10) if quick else (100, 1000, 10000))]
     steps = 3 if quick else 20
     for workers in (1, 2):  # training.zero_stage auto: ZeRO-0 with one worker, ZeRO-2 with two
         config = gen_for_training("tiny", tmp, quick, {"num_workers": workers, "micro_batch_size": 2 if quick else 4,
@@ -845,6 +854,24 @@ def bench_scale(tmp: Path, quick: bool, peak: float | None) -> dict[str, Any]:
             "stage_seconds", "steady_tokens_per_s", "steady_step_s", "startup_to_first_step_s", "memory")},
             "ranks": result["ranks"]})
     return out
+
+
+def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
+    """A teacher actor's cost of picking each problem's demonstrations from a train split of ``size`` problems
+    (chunked in row groups of 1,024, as the frozen Parquet file reads back): it should not grow with ``size``."""
+    import pyarrow as pa
+
+    from tinyllm_ray.generate import PROBLEM_ROW_GROUP, demos_from_pool
+
+    rows = [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()]
+    pool = pa.Table.from_pylist([{**rows[i % len(rows)], "id": f"p{i}"} for i in range(size)])
+    pool = pa.Table.from_batches(pool.to_batches(max_chunksize=PROBLEM_ROW_GROUP))
+    offsets = [(size - 16) * k // max(shards - 1, 1) for k in range(shards)]  # shards spread over the split
+    t = time.perf_counter()
+    for offset in offsets:
+        demos_from_pool(pool, pool.slice(offset, 16).to_pylist(), offset, 2, 0)
+    return {"pool": size, "arrow_mb": round(pool.nbytes / 2**20, 1),
+            "ms_per_shard_of_16": round((time.perf_counter() - t) / shards * 1e3, 2)}
 
 
 # ---------------------------------------------------------------- start-up
@@ -981,6 +1008,9 @@ def table(results: dict[str, Any]) -> str:
     for r in s.get("teachers", []):
         gen_row("scale teachers", f"{r['teachers']} x {r['problems_per_teacher']} problems", r,
                 f"driver {r['memory']['driver_rss_mb']} MB, ray workers {r['memory']['ray_workers_total_rss_mb']} MB")
+    for r in s.get("demo_pool", []):
+        rows.append(("scale demo pool", f"train split of {r['pool']} problems", "", "", "", "",
+                     f"{r['ms_per_shard_of_16']} ms per shard of 16 to pick the demos; pool {r['arrow_mb']} MB Arrow"))
     for r in s.get("train_workers", []):
         rows.append(("scale train", f"{r['workers']} worker(s), ZeRO-{r.get('zero_stage')}", fmt(r["stage_seconds"], 2),
                      fmt(r.get("steady_tokens_per_s")) + " train tok/s", "", "",
@@ -1006,11 +1036,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out"), help="folder for the JSON and table")
     parser.add_argument("--keep", action="store_true", help="keep the temporary run folders")
+    parser.add_argument("--models", default=None,
+                        help=f"comma list of {','.join(MODELS)} for the gen and train sections (default: both; "
+                             "tiny with --quick)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else (
+        ["tiny"] if args.quick else list(MODELS))
+    if not models or set(models) - set(MODELS):
+        parser.error(f"--models: choose from {list(MODELS)}, got {args.models!r}")
     tmp = Path(tempfile.mkdtemp(prefix="tinyllm-bench-"))
     set_env(tmp)
     started = time.time()
@@ -1025,7 +1062,6 @@ def main(argv: list[str] | None = None) -> int:
     results["matmul_peak"] = matmul_peak()
     peak = results["matmul_peak"]["best_gflops"]
     print(f"[bench] fp32 matmul peak {peak} GFLOP/s, loadavg {results['loadavg_start']}", flush=True)
-    models = ["tiny"] if args.quick else ["tiny", "smollm2"]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
