@@ -90,15 +90,18 @@ def write_table(table: pa.Table, path: str | Path, row_group_size: int | None = 
             os.unlink(tmp)
 
 
-def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a Parquet file or a directory of Parquet files and validate it against ``schema``."""
+def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file or a directory of Parquet files and validate it against ``schema``, or only the named
+    ``columns`` of it (the others are not read at all)."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path} does not exist")
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         return schema.empty_table()
-    return pa.concat_tables([_read_one(f, schema) for f in files])
+    return pa.concat_tables([_read_one(f, schema, columns) for f in files])
 
 
 FOOTER_PREFIX = "tinyllm_ray."
@@ -131,9 +134,11 @@ def read_rows(path: str | Path, offset: int, count: int, schema: pa.Schema) -> p
 REWRITE_HINT = "rerun the stage that wrote it with --force (it was edited by hand or written by another version)"
 
 
-def _read_one(file: Path, schema: pa.Schema) -> pa.Table:
+def _read_one(file: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     try:
-        table = pq.read_table(file)
+        if columns is not None:  # those the file lacks are left to conform() to name
+            columns = [name for name in columns if name in pq.read_schema(file).names]
+        table = pq.read_table(file, columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
         raise ArtifactError(f"{file}: not a readable Parquet file ({err}); {REWRITE_HINT}") from err
     try:

@@ -296,11 +296,14 @@ def _export(engine, tokenizer, rank: int, metrics: dict[str, Any]) -> None:
 
 
 def load_rationales(layout: RunLayout, teacher: str):
+    """The columns of a teacher's rationales that training reads (not the prompts, most of the bytes)."""
+    from tinyllm_ray.training_data import RATIONALE_COLUMNS
+
     directory = layout.teacher_dir(teacher)
     if read_manifest(directory) is None:
         raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at {directory}: "
                             "run `tinyllm-ray generate` first")
-    return read_table(directory, RATIONALE_SCHEMA)
+    return read_table(directory, RATIONALE_SCHEMA, columns=list(RATIONALE_COLUMNS))
 
 
 def train(config: JobConfig, force: bool = False, layout: RunLayout | None = None) -> dict[str, Any]:

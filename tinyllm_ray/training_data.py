@@ -49,6 +49,7 @@ def usable_rationale(row: Mapping[str, Any]) -> bool:
     return not row.get("error") and bool(str(row.get("rationale") or "").strip())
 
 
+RATIONALE_COLUMNS = ("id", "rationale", "error", "finish_reason")  # what build_training_table reads of a teacher's rows
 COUNT_KEYS = ("usable", "missing", "failed") + tuple(f"dropped_{reason}" for reason in quality.DROP_REASONS)
 
 
@@ -66,15 +67,22 @@ def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table],
     by_teacher = {name: {r["id"]: r for r in sorted(table.to_pylist(), key=usable_rationale)}
                   for name, table in rationales.items()}
     counts = {name: dict.fromkeys(COUNT_KEYS, 0) for name in rationales}
-    records = []
-    for problem in problems.to_pylist():
-        record = {"id": problem["id"], "input": prompts.student_input(problem), "answer": problem["answer"]}
-        for name, rows in by_teacher.items():
-            outcome = _rationale_outcome(rows.get(problem["id"]), problem, rationale_filter)
-            counts[name][outcome] += 1
-            record[f"rationale__{name}"] = rows[problem["id"]]["rationale"].strip() if outcome == "usable" else None
-        records.append(record)
-    return pa.Table.from_pylist(records, schema=training_schema(list(rationales))), counts
+    schema = training_schema(list(rationales))
+    parts = [schema.empty_table()]
+    for batch in problems.to_batches(max_chunksize=BUILD_BATCH):  # Python objects for one batch of problems at a time
+        records = []
+        for problem in batch.to_pylist():
+            record = {"id": problem["id"], "input": prompts.student_input(problem), "answer": problem["answer"]}
+            for name, rows in by_teacher.items():
+                outcome = _rationale_outcome(rows.get(problem["id"]), problem, rationale_filter)
+                counts[name][outcome] += 1
+                record[f"rationale__{name}"] = rows[problem["id"]]["rationale"].strip() if outcome == "usable" else None
+            records.append(record)
+        parts.append(pa.Table.from_pylist(records, schema=schema))
+    return pa.concat_tables(parts), counts
+
+
+BUILD_BATCH = 8192
 
 
 def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any], rationale_filter: Any) -> str:

@@ -125,6 +125,16 @@ def test_read_directory_conforms_loose_files(tmp_path):
     assert back.schema == PROBLEM_SCHEMA and back.to_pylist() == PROBLEMS
 
 
+def test_read_table_reads_only_the_named_columns(tmp_path):
+    write_table(pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA), tmp_path / "part-0.parquet")
+    back = read_table(tmp_path, PROBLEM_SCHEMA, columns=["id", "answer_index"])
+    assert back.column_names == ["id", "answer_index"] and back.schema.field("id").nullable is False
+    assert back.to_pylist() == [{"id": p["id"], "answer_index": p["answer_index"]} for p in PROBLEMS]
+    pq.write_table(pa.Table.from_pylist([{"id": "p1"}]), tmp_path / "part-1.parquet")
+    with pytest.raises(ArtifactError, match=r"part-1.parquet: missing columns \['answer_index'\]"):
+        read_table(tmp_path, PROBLEM_SCHEMA, columns=["id", "answer_index"])
+
+
 def test_read_table_validates_and_names_file(tmp_path):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": "p1"}]), path)

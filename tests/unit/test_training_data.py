@@ -119,6 +119,22 @@ def test_build_training_table_counts_add_up_and_are_json():
     assert counts["b"]["usable"] == 1 and counts["b"]["missing"] == 2 and sum(counts["b"].values()) == 3
 
 
+def test_build_training_table_reads_only_its_columns_and_batches_problems(monkeypatch):
+    """train() loads only RATIONALE_COLUMNS (not the prompts) and builds in batches of problems: same table."""
+    from tinyllm_ray import training_data
+    from tinyllm_ray.config import RationaleFilter
+
+    problems = pa.Table.from_pylist(PROBLEMS, schema=PROBLEM_SCHEMA)
+    full = {"a": filtered_rows("a"), "b": rationale_rows("b", [("p2", "gills take oxygen", None), ("p1", " ", None)])}
+    drop_truncated = RationaleFilter(drop_truncated=True, drop_contradicting=False)
+    expected = build_training_table(problems, full, drop_truncated)
+    narrow = {name: table.select(list(training_data.RATIONALE_COLUMNS)) for name, table in full.items()}
+    monkeypatch.setattr(training_data, "BUILD_BATCH", 2)  # 3 problems: two batches
+    table, counts = build_training_table(problems, narrow, drop_truncated)
+    assert table.equals(expected[0]) and counts == expected[1]
+    assert table.column("rationale__a").null_count == 2 and counts["a"]["dropped_truncated"] == 2  # finish_reason read
+
+
 def filtered_rows(teacher: str) -> pa.Table:
     """p1 contradicts (names (b), gold is (a)); p2 is truncated and degenerate; p3 is short but fine."""
     loop = "gills take oxygen from water. " * 6
