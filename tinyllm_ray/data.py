@@ -10,10 +10,11 @@ answer unambiguous.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,25 +45,26 @@ class DataError(ValueError):
 # ---------------------------------------------------------------- public API
 
 def load_problems(config: DataConfig, split: str) -> pa.Table:
-    """Read one split as a ``PROBLEM_SCHEMA`` table, validated row by row, limited per ``config.max_*``."""
+    """Read one split as a ``PROBLEM_SCHEMA`` table, validated row by row, limited per ``config.max_*`` (rows past
+    the limit are not read). Rows stream through in batches: memory holds the Arrow table, not every row parsed."""
+    limits = [n for name, n in ((config.train_split, config.max_train_problems),
+                                (config.eval_split, config.max_eval_problems)) if name == split and n]
+    limit = min(limits) if limits else None
     if config.format == "demo":
         folder = resources.files("tinyllm_ray") / "demo_data"
         if split not in DEMO_SPLITS:
             raise DataError(f"the demo dataset has splits {list(DEMO_SPLITS)}, not {split!r}; set data.train_split/eval_split")
         name = f"demo_{split}.jsonl"
         rows = _json_rows(folder.joinpath(name).read_text(encoding="utf-8"), f"tinyllm_ray/demo_data/{name}")
-        table = _build(rows, f"tinyllm_ray/demo_data/{name}", config.dataset, split, FieldMapping(), False)
-    elif config.format == "tinyllm":
+        return _build(rows, f"tinyllm_ray/demo_data/{name}", config.dataset, split, FieldMapping(), False, limit)
+    if config.format == "tinyllm":
         file = _tinyllm_file(Path(config.path), split)
         dataset = config.dataset if config.dataset != "demo" else Path(config.path).name
-        table = _build(_json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False)
-    else:
-        file = _split_file(Path(config.path.replace("{split}", split)), split, config.format)
-        dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
-        table = _build(_read_rows(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index)
-    limits = [n for name, n in ((config.train_split, config.max_train_problems),
-                                (config.eval_split, config.max_eval_problems)) if name == split and n]
-    return table.slice(0, min(limits)) if limits else table
+        return _build(_json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False, limit)
+    file = _split_file(Path(config.path.replace("{split}", split)), split, config.format)
+    dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
+    return _build(_read_rows(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index,
+                  limit)
 
 
 def load_tinyllm_rationales(dataset_dir: str | Path, split: str) -> dict[str, list[str]]:
@@ -73,7 +75,7 @@ def load_tinyllm_rationales(dataset_dir: str | Path, split: str) -> dict[str, li
     """
     dataset_dir = Path(dataset_dir)
     problems = _tinyllm_file(dataset_dir, split)
-    count = len(_json_rows(_read_text(problems), str(problems)))
+    count = sum(1 for _ in _json_rows(_read_text(problems), str(problems)))
     llm = dataset_dir / "llm"
     files = sorted(llm.glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
     expected = [llm / f"{split}_CoT_{k}.json" for k in range(max(1, -(-count // TINYLLM_CHUNK)))]
@@ -150,23 +152,50 @@ def _default_name(path: Path) -> str:
 
 # ---------------------------------------------------------------- reading rows
 
-def _read_rows(file: Path, fmt: str) -> list[Row]:
+def _read_rows(file: Path, fmt: str) -> Iterator[Row]:
+    """The file's records one by one, read as they are consumed (a JSON array, by nature, is parsed whole)."""
     if fmt == "parquet":
         try:
-            records = pq.read_table(file).to_pylist()
+            batches = pq.ParquetFile(file).iter_batches(batch_size=BUILD_BATCH)
+            number = 0
+            for batch in batches:
+                for record in batch.to_pylist():
+                    number += 1
+                    yield f"row {number}", record
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{file}: not a readable Parquet file ({err}); re-export it") from err
-        return [(f"row {n}", r) for n, r in enumerate(records, 1)]
+        return
     if fmt == "csv":
         with open(file, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            return [(f"row {n} (line {reader.line_num})", r) for n, r in enumerate(reader, 1)]
-    text = _read_text(file)
-    return _json_rows(text, str(file), lines=True if fmt == "jsonl" else None)
+            for number, record in enumerate(reader, 1):
+                yield f"row {number} (line {reader.line_num})", record
+        return
+    if fmt == "json" and _starts_with_bracket(file):
+        yield from _json_rows(_read_text(file), str(file), lines=False)
+        return
+    try:
+        with open(file, encoding="utf-8") as handle:
+            yield from _json_rows(handle, str(file), lines=True)
+    except FileNotFoundError:
+        raise DataError(f"{file} does not exist; check data.path") from None
 
 
-def _json_rows(text: str, where: str, lines: bool | None = None) -> list[Row]:
-    """JSON Lines (rows named by line) or one JSON array (rows named by record); ``lines=None`` detects."""
+def _starts_with_bracket(file: Path) -> bool:
+    """Whether a .json file holds one JSON array (else JSON Lines), from its first non-blank character."""
+    try:
+        with open(file, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    return line.lstrip().startswith("[")
+    except FileNotFoundError:
+        raise DataError(f"{file} does not exist; check data.path") from None
+    return False
+
+
+def _json_rows(text: str | Iterable[str], where: str, lines: bool | None = None) -> Iterator[Row]:
+    """JSON Lines (rows named by line; ``text`` may be an open file) or one JSON array (rows named by record);
+    ``lines=None`` detects."""
     if lines is None:
         lines = not text.lstrip().startswith("[")
     if not lines:
@@ -177,29 +206,32 @@ def _json_rows(text: str, where: str, lines: bool | None = None) -> list[Row]:
                             "fix the file (a JSON array of objects)") from None
         if not isinstance(records, list):
             raise DataError(f"{where}: expected a JSON array of objects or JSON Lines, got a {type(records).__name__}")
-        return [(f"record {n}", r) for n, r in enumerate(records, 1)]
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+        yield from ((f"record {n}", r) for n, r in enumerate(records, 1))
+        return
+    for n, line in enumerate(text.splitlines() if isinstance(text, str) else text, 1):
         if line.strip():
             try:
-                rows.append((f"line {n}", json.loads(line)))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}, line {n}: not valid JSON ({err.msg}); "
                                 "each line must hold exactly one JSON object") from None
-    return rows
+            yield f"line {n}", record
 
 
 # ---------------------------------------------------------------- validating rows
 
-def _build(rows: list[Row], file: str, dataset: str, split: str, fields: FieldMapping,
-           answer_is_index: bool) -> pa.Table:
-    if not rows:
-        raise DataError(f"{file}: no problems for split {split!r}; the file is empty")
+BUILD_BATCH = 8192  # rows held as Python objects at once while a split is validated
+
+
+def _build(rows: Iterable[Row], file: str, dataset: str, split: str, fields: FieldMapping,
+           answer_is_index: bool, limit: int | None = None) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [] for name in PROBLEM_SCHEMA.names}
+    batches: list[pa.RecordBatch] = []
     seen_ids: dict[str, str] = {}
     repeated_options: list[str] = []
     context_found = False
-    for number, (label, record) in enumerate(rows, 1):
+    number = 0
+    for number, (label, record) in enumerate(itertools.islice(rows, limit), 1):
         def fail(what: str, fix: str, label: str = label) -> NoReturn:
             raise DataError(f"{file}, {label}: {what}; {fix}")
 
@@ -228,12 +260,26 @@ def _build(rows: list[Row], file: str, dataset: str, split: str, fields: FieldMa
                             ("choices", choices), ("answer_index", index), ("answer", choices[index]),
                             ("context", context)):
             columns[name].append(value)
+        if len(columns["id"]) == BUILD_BATCH:
+            batches.append(_batch(columns, file))
+    if number == 0:
+        raise DataError(f"{file}: no problems for split {split!r}; the file is empty")
+    if columns["id"]:
+        batches.append(_batch(columns, file))
     if fields.context and not context_found:
         raise DataError(f"{file}: no row has the context column {fields.context!r}; fix data.fields.context or set it to null")
     if repeated_options:
         warnings.warn(f"{file}: {len(repeated_options)} rows repeat a wrong option ({', '.join(repeated_options[:5])}); "
                       "kept, since the answer is still unambiguous", stacklevel=3)
-    return conform(pa.Table.from_pydict(columns, schema=PROBLEM_SCHEMA), PROBLEM_SCHEMA, file)
+    return pa.Table.from_batches(batches, schema=PROBLEM_SCHEMA)
+
+
+def _batch(columns: dict[str, list[Any]], file: str) -> pa.RecordBatch:
+    """The validated rows so far as one Arrow batch; empties ``columns`` for the next."""
+    table = conform(pa.Table.from_pydict(columns, schema=PROBLEM_SCHEMA), PROBLEM_SCHEMA, file)
+    for values in columns.values():
+        values.clear()
+    return table.combine_chunks().to_batches()[0]
 
 
 def _text(value: Any) -> str:

@@ -61,6 +61,33 @@ def test_limits_apply_to_their_split_only():
     assert load_problems(config, "valid").num_rows == 3
 
 
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet", "csv"])
+def test_large_files_stream_through_in_batches(tmp_path, fmt, monkeypatch):
+    """Rows are validated and turned into Arrow a batch at a time; the table is the same as in one piece, and a
+    bad row in a later batch still names its own row."""
+    from tinyllm_ray import data
+
+    records = [{**RECORDS[i % 2], "id": f"q{i}"} for i in range(7)]
+    write(tmp_path / f"train.{fmt}", fmt, records)
+    config = DataConfig(format=fmt, path=str(tmp_path / f"train.{fmt}"))
+    whole = load_problems(config, "train")
+    monkeypatch.setattr(data, "BUILD_BATCH", 3)
+    batched = load_problems(config, "train")
+    assert batched.equals(whole) and batched.num_rows == 7 and batched.column("id").num_chunks == 3
+    write(tmp_path / f"train.{fmt}", fmt, records[:5] + [{**records[5], "answer": "fire"}] + records[6:])
+    with pytest.raises(DataError, match=r"(row|line|record) 6\b.*'fire' is not among the choices"):
+        load_problems(config, "train")
+
+
+def test_rows_past_the_limit_are_not_read(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({**RECORDS[0], "id": f"q{i}"}) + "\n" for i in range(3)) + "{not json\n")
+    config = DataConfig(format="jsonl", path=str(path), max_train_problems=3)
+    assert load_problems(config, "train").column("id").to_pylist() == ["q0", "q1", "q2"]
+    with pytest.raises(DataError, match="line 4: not valid JSON"):
+        load_problems(DataConfig(format="jsonl", path=str(path)), "train")
+
+
 def test_demo_corpus_has_data_and_template_words():
     lines = list(demo_corpus())
     assert "Which planet is closest to the Sun?" in lines and "Answer Choices:" in lines and "(e)" in lines
