@@ -103,7 +103,7 @@ class ResourceConfig(Strict):
     shards_in_flight: int = Field(
         2, ge=1, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
         "the running batch while the last one's longest answers finish. batch_size x shards_in_flight is the "
-        "engine's batch; on GPUs aim near vLLM's max_num_seqs (256).")
+        "engine's batch; on GPUs aim near vLLM's max_num_seqs (256). As many shards again wait queued at each actor.")
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")

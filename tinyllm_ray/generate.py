@@ -365,6 +365,8 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
         # One shard per call (batch_size=1 over shard descriptors), several calls at once per actor: a lost actor's
         # shards are retried on a restarted one (Ray Data restarts actors) and rewritten whole. The output is only a
         # summary row per shard, consumed as it streams: nothing of the dataset is materialised on the driver.
+        # As many shards again wait queued at the actor, so the next one starts the moment one finishes instead of
+        # after a round trip to the driver (tiny model: mean engine batch 22 -> 31 of 32 sequences).
         in_flight = resources.shards_in_flight
         summaries = ray.data.from_items(pending).map_batches(
             TeacherEngine,
@@ -372,7 +374,7 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
                                        demo_pool=pool_ref, num_demos=config.prompts.num_demos,
                                        demo_seed=config.prompts.demo_seed, passes=passes),
             batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=in_flight,
+            compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2 * in_flight,
                                                max_concurrent_calls_per_actor=in_flight,
                                                enable_true_multi_threading=True),
             num_gpus=resources.num_gpus_per_actor, num_cpus=resources.num_cpus_per_actor, **remote_args,
