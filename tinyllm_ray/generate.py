@@ -77,6 +77,7 @@ def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
 
 DEMO_POOL_ROLE = "train"  # teachers' in-context demonstrations come from the frozen train problems
 
+
 def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = None) -> dict[str, Any]:
     """The teacher's sampling for rationales; greedy for answers (teacher accuracy is measured deterministically)."""
     sampling = teacher.sampling.model_dump()
