@@ -1,6 +1,6 @@
 """Side-by-side speed and memory benchmarks of tinyllm_ray (issue 5).
 
-    python -m benchmarks.run [--quick] [--only gen,train,scale,startup] [--models tiny,smollm2] [--out benchmarks/out]
+    python -m benchmarks.run [--quick] [--only gen,train,scale,startup,driver] [--models tiny,smollm2] [--out DIR]
 
 Sections (each one is independent; a failing section is recorded in the JSON and the others still run):
 
@@ -14,6 +14,7 @@ Sections (each one is independent; a failing section is recorded in the JSON and
               plain single-process PyTorch loop over the same Collator batches, same optimizer and steps.
 * ``scale``   generation as the dataset grows and as teachers are added; the actor's demo picking as the train
               split grows; training with 1 vs 2 workers.
+* ``driver``  the driver's peak memory validating 200,000 input problems and building their training table.
 
 Nothing here asserts a timing: the numbers go to a table and a JSON file (``--out``).
 """
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("gen", "train", "scale", "startup")
+SECTIONS = ("gen", "train", "scale", "startup", "driver")
 DEMO_TRAIN = REPO / "tinyllm_ray" / "demo_data" / "demo_train.jsonl"
 DEMO_VALID = REPO / "tinyllm_ray" / "demo_data" / "demo_valid.jsonl"
 
@@ -874,6 +875,75 @@ def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
             "ms_per_shard_of_16": round((time.perf_counter() - t) / shards * 1e3, 2)}
 
 
+# ---------------------------------------------------------------- driver memory
+
+# VmHWM (the process's peak RSS) rather than ru_maxrss, which a child inherits from the parent it was forked from
+_PEAK = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+{imports}
+before = status("VmRSS")
+t = time.time()
+{work}
+print(json.dumps({{"seconds": round(time.time() - t, 2), "peak_rss_mb": round(status("VmHWM") / 1024),
+                  "rss_before_mb": round(before / 1024), "rows": rows}}))
+"""
+
+
+def _peak_rss(imports: str, work: str) -> dict[str, Any]:
+    """Run ``work`` in a fresh interpreter (after ``imports``); its seconds and peak RSS (Linux)."""
+    code = _PEAK.format(repo=str(REPO), imports=imports, work=work)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_driver(tmp: Path, quick: bool) -> dict[str, Any]:
+    """The driver's peak memory where it still holds a whole split: validating the input problems (`prepare_problems`)
+    and building the training table from two teachers' rationales (`train`), at 200,000 problems."""
+    import pyarrow as pa
+
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import RATIONALE_SCHEMA, write_manifest, write_table
+
+    size = 20_000 if quick else 200_000
+    rows = [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()]
+    source = tmp / "driver_train.jsonl"
+    with open(source, "w") as out:
+        for i in range(size):
+            out.write(json.dumps({**rows[i % len(rows)], "id": f"d{i}"}) + "\n")
+    layout = RunLayout.of(tmp / "driver_run")
+    print(f"[bench] driver: validating {size} problems", flush=True)
+    load = _peak_rss(
+        "from tinyllm_ray.config import DataConfig\nfrom tinyllm_ray.data import load_problems\n"
+        "from tinyllm_ray.schemas import write_table",
+        f"table = load_problems(DataConfig(format='jsonl', path={str(source)!r}), 'train')\n"
+        f"write_table(table, {str(layout.problem_file('train'))!r}, row_group_size=1024)\nrows = table.num_rows")
+    write_manifest(layout.problems, fingerprint="bench")
+    # two teachers' rationales as shards of 1,024 rows, with prompts of a realistic length (2 demos, ~1,500 chars)
+    prompt, rationale = "Question: ... " * 110, "Because the answer follows from the question. " * 6
+    for teacher in ("t1", "t2"):
+        folder = layout.teacher_dir(teacher)
+        for start in range(0, size, 1024):
+            ids = [f"d{i}" for i in range(start, min(start + 1024, size))]
+            write_table(pa.Table.from_pylist([
+                {"id": i, "dataset": "demo", "teacher": teacher, "model": "m", "prompt": prompt, "rationale": rationale,
+                 "num_prompt_tokens": 300, "num_generated_tokens": 60, "finish_reason": "stop",
+                 "sampling_params": "{}", "error": None} for i in ids], schema=RATIONALE_SCHEMA),
+                folder / f"shard-{start // 1024:06d}.parquet")
+        write_manifest(folder, rows=size)
+    print(f"[bench] driver: training table of {size} problems x 2 teachers", flush=True)
+    build = _peak_rss(
+        "from tinyllm_ray.layout import RunLayout\nfrom tinyllm_ray.generate import load_frozen_problems\n"
+        "from tinyllm_ray.train import load_rationales\nfrom tinyllm_ray.training_data import build_training_table",
+        f"layout = RunLayout.of({str(layout.root)!r})\n"
+        "table, _ = build_training_table(load_frozen_problems(layout, 'train'), "
+        "{t: load_rationales(layout, t) for t in ('t1', 't2')})\nrows = table.num_rows")
+    return {"problems": size, "input_mb": round(source.stat().st_size / 2**20, 1), "load_problems": load,
+            "build_training_table": build}
+
+
 # ---------------------------------------------------------------- start-up
 
 def bench_startup(tmp: Path, timeout: float = 900) -> dict[str, Any]:
@@ -1016,6 +1086,15 @@ def table(results: dict[str, Any]) -> str:
                      fmt(r.get("steady_tokens_per_s")) + " train tok/s", "", "",
                      f"step {r.get('steady_step_s')} s, first step after {r.get('startup_to_first_step_s')} s, "
                      f"ray workers {r['memory']['ray_workers_total_rss_mb']} MB"))
+    d = results.get("driver")
+    if d:
+        if "error" in d:
+            rows.append(("driver", "ERROR", "", "", "", "", d["error"].splitlines()[-1][:80]))
+        else:
+            for step in ("load_problems", "build_training_table"):
+                r = d[step]
+                rows.append(("driver", f"{step}, {d['problems']} problems", fmt(r["seconds"], 2), "", "", "",
+                             f"peak RSS {r['peak_rss_mb']} MB (after imports {r['rss_before_mb']} MB)"))
     st = results.get("startup")
     if st:
         if "error" in st:
@@ -1093,6 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
             results["train"][m] = section(f"train {m}", bench_train, m, tmp, args.quick)
     if "scale" in only:
         results["scale"] = section("scale", bench_scale, tmp, args.quick, peak)
+    if "driver" in only:
+        results["driver"] = section("driver", bench_driver, tmp, args.quick)
     (out / f"{stem}.partial.json").write_text(json.dumps(results, indent=2, default=str))
     results["loadavg_end"] = loadavg()
     results["total_seconds"] = round(time.time() - started, 1)
