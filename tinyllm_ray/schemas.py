@@ -137,7 +137,8 @@ REWRITE_HINT = "rerun the stage that wrote it with --force (it was edited by han
 def _read_one(file: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     try:
         if columns is not None:  # those the file lacks are left to conform() to name
-            columns = [name for name in columns if name in pq.read_schema(file).names]
+            present = set(pq.read_schema(file).names)
+            columns = [name for name in columns if name in present]
         table = pq.read_table(file, columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
         raise ArtifactError(f"{file}: not a readable Parquet file ({err}); {REWRITE_HINT}") from err

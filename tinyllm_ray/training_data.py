@@ -50,6 +50,7 @@ def usable_rationale(row: Mapping[str, Any]) -> bool:
 
 
 RATIONALE_COLUMNS = ("id", "rationale", "error", "finish_reason")  # what build_training_table reads of a teacher's rows
+BUILD_BATCH = 8192  # problems held as Python rows at once while the training table is built
 COUNT_KEYS = ("usable", "missing", "failed") + tuple(f"dropped_{reason}" for reason in quality.DROP_REASONS)
 
 
@@ -80,9 +81,6 @@ def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table],
             records.append(record)
         parts.append(pa.Table.from_pylist(records, schema=schema))
     return pa.concat_tables(parts), counts
-
-
-BUILD_BATCH = 8192
 
 
 def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any], rationale_filter: Any) -> str:
