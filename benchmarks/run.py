@@ -215,10 +215,15 @@ def rates(seconds: float, problems: int, prompt_tokens: int, gen_tokens: int, pa
             "fraction_of_peak": round(flops / (peak_gflops * 1e9), 4) if peak_gflops else None}
 
 
+def demo_train_rows() -> list[dict[str, Any]]:
+    """The embedded demo's train problems, the source every synthetic dataset here repeats."""
+    return [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()]
+
+
 def write_problems(folder: Path, base: int, repeat: int) -> Path:
     """train.jsonl = the first ``base`` demo train problems repeated ``repeat`` times under new ids; demo valid."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()][:base]
+    rows = demo_train_rows()[:base]
     with open(folder / "train.jsonl", "w") as out:
         for k in range(repeat):
             for row in rows:
@@ -864,7 +869,7 @@ def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
 
     from tinyllm_ray.generate import PROBLEM_ROW_GROUP, demos_from_pool
 
-    rows = [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()]
+    rows = demo_train_rows()
     pool = pa.Table.from_pylist([{**rows[i % len(rows)], "id": f"p{i}"} for i in range(size)])
     pool = pa.Table.from_batches(pool.to_batches(max_chunksize=PROBLEM_ROW_GROUP))
     offsets = [(size - 16) * k // max(shards - 1, 1) for k in range(shards)]  # shards spread over the split
@@ -908,7 +913,7 @@ def bench_driver(tmp: Path, quick: bool) -> dict[str, Any]:
     from tinyllm_ray.schemas import RATIONALE_SCHEMA, write_manifest, write_table
 
     size = 20_000 if quick else 200_000
-    rows = [json.loads(ln) for ln in DEMO_TRAIN.read_text().splitlines() if ln.strip()]
+    rows = demo_train_rows()
     source = tmp / "driver_train.jsonl"
     with open(source, "w") as out:
         for i in range(size):
