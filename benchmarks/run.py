@@ -256,12 +256,12 @@ def teacher_spec(model_key: str, name: str, batch_size: int, concurrency: int = 
 
 
 def job_config(out_dir: Path, model_key: str, data: dict[str, Any], teachers: list[dict[str, Any]],
-               training: dict[str, Any] | None = None, ray_num_cpus: int = 8):
+               training: dict[str, Any] | None = None, ray_num_cpus: int = 8, prompts: dict[str, Any] | None = None):
     from tinyllm_ray.config import JobConfig
 
     return JobConfig.model_validate({
         "name": f"bench-{model_key}", "output_dir": str(out_dir), "ray_num_cpus": ray_num_cpus, "data": data,
-        "prompts": {"num_demos": 2, "demo_seed": 0},
+        "prompts": {"num_demos": 2, "demo_seed": 0, **(prompts or {})},
         "teachers": teachers,
         "student": {"model": MODELS[model_key]["model"], "max_input_tokens": 256,
                     "max_target_tokens": MODELS[model_key]["student_max_target"]},
@@ -317,7 +317,8 @@ def render_prompts(config, teacher, tokenizer) -> tuple[list[str], list[str]]:
     use_chat = teacher.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
     out = []
     for problem in problems:
-        demos = prompts.sample_demos(problems, problem["id"], config.prompts.num_demos, config.prompts.demo_seed)
+        demos = prompts.sample_demos(problems, problem["id"], config.prompts.num_demos, config.prompts.demo_seed,
+                                     config.prompts.demo_sampler)
         text = prompts.teacher_forcing_prompt(problem, demos, teacher.instruction)
         if use_chat:
             messages = [{"role": "system", "content": teacher.system_prompt}] if teacher.system_prompt else []
@@ -498,8 +499,8 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
                            "shards_in_flight": teacher.resources.shards_in_flight,
                            "max_tokens": teacher.sampling.max_tokens, "ray_init_seconds": ensure_ray()}
 
-    def pipeline() -> dict[str, Any]:
-        pipe = run_pipeline(config)
+    def pipeline(cfg=config) -> dict[str, Any]:
+        pipe = run_pipeline(cfg)
         t = pipe["teachers"][teacher.name]
         result = {"stage": rates(pipe["stage_seconds"], t["rows"], t["prompt_tokens"], t["generated_tokens"],
                                  params, peak),
@@ -531,19 +532,29 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
     pipeline_text = {r["id"]: r["rationale"] for r in rows}
     same = sum(pipeline_text.get(i) == text for i, text in bare["texts"].items())
     out["bare_vllm"]["identical_to_pipeline"] = f"{same}/{len(bare['texts'])}"
-    print(f"[bench] gen {model_key}: transformers generate on {hf_subset} problems", flush=True)
-    hf = run_hf(config, teacher, model_path, hf_subset, batch)
-    out["transformers"] = {"model_load_seconds": hf["model_load_seconds"], "torch_threads": hf["torch_threads"],
-                           "subset": hf["subset"], "batch_size": hf["batch_size"],
-                           **rates(hf["seconds"], hf["problems"], hf["prompt_tokens"], hf["generated_tokens"],
-                                   params, peak)}
-    same = sum(pipeline_text.get(i) == text.strip() for i, text in hf["texts"].items())
-    out["transformers"]["identical_to_pipeline"] = f"{same}/{len(hf['texts'])}"
+    def transformers(cfg, texts: dict[str, str]) -> dict[str, Any]:
+        print(f"[bench] gen {model_key}: transformers generate on {hf_subset} problems", flush=True)
+        hf = run_hf(cfg, teacher, model_path, hf_subset, batch)
+        same = sum(texts.get(i) == text.strip() for i, text in hf["texts"].items())
+        return {"model_load_seconds": hf["model_load_seconds"], "torch_threads": hf["torch_threads"],
+                "subset": hf["subset"], "batch_size": hf["batch_size"],
+                **rates(hf["seconds"], hf["problems"], hf["prompt_tokens"], hf["generated_tokens"], params, peak),
+                "identical_to_pipeline": f"{same}/{len(hf['texts'])}"}
+
+    out["transformers"] = transformers(config, pipeline_text)
     if not quick:
         # the pipeline again after the bare engine and transformers: the comparison is bracketed against this VM's
         # drift (its speed changes by tens of percent between runs), as the training section does
         print(f"[bench] gen {model_key}: pipeline again (bracketing the bare engine)", flush=True)
         out["pipeline_after"] = pipeline()
+        # prompts.demo_sampler "fixed": every prompt starts with the same demonstrations, which vLLM's prefix cache
+        # computes once; transformers runs the same prompts (its own folder: the rationales' fingerprint differs)
+        fixed = job_config(tmp / f"gen_{model_key}_fixed", model_key, data, [teacher.model_dump(mode="json")],
+                           prompts={"demo_sampler": "fixed"})
+        print(f"[bench] gen {model_key}: pipeline, fixed demos", flush=True)
+        out["fixed_demos"] = {"pipeline": pipeline(fixed)}
+        rows = read_table(RunLayout.of(fixed.output_dir).teacher_dir(teacher.name), RATIONALE_SCHEMA).to_pylist()
+        out["fixed_demos"]["transformers"] = transformers(fixed, {r["id"]: r["rationale"] for r in rows})
     return out
 
 
@@ -1047,6 +1058,19 @@ def table(results: dict[str, Any]) -> str:
                      f"pipeline steady (mean of runs) / transformers = {steady / max(h['gen_tokens_per_s'], 1e-9):.2f}x; "
                      f"pipeline steady / bare steady (batches of {b[reference]['batch_size']}) = {steady / max(bare_steady, 1e-9):.2f}; "
                      f"stage / bare(shard) = {p['stage']['gen_tokens_per_s'] / max(b['shard_batches']['gen_tokens_per_s'], 1e-9):.2f}"))
+        fixed = g.get("fixed_demos")
+        if fixed:
+            fp, fh = fixed["pipeline"], fixed["transformers"]
+            fixed_steady = fp.get("steady", fp["stage"])
+            gen_row(f"gen {key}", "pipeline steady, fixed demos", fixed_steady,
+                    "prompts.demo_sampler fixed: vLLM's prefix cache holds the shared demonstrations")
+            gen_row(f"gen {key}", "transformers, fixed demos", fh, f"subset {fh['subset']}, "
+                    f"same text {fh['identical_to_pipeline']}")
+            rows.append((f"gen {key}", "ratios, fixed demos", "", "", "", "",
+                         f"pipeline steady / transformers = "
+                         f"{fixed_steady['gen_tokens_per_s'] / max(fh['gen_tokens_per_s'], 1e-9):.2f}x; "
+                         f"fixed / per-problem demos, pipeline steady = "
+                         f"{fixed_steady['gen_tokens_per_s'] / max(steady, 1e-9):.2f}x"))
     for key, t in results.get("train", {}).items():
         if "error" in t:
             rows.append((f"train {key}", "ERROR", "", "", "", "", t["error"].splitlines()[-1][:80]))

@@ -59,6 +59,11 @@ class DataConfig(Strict):
 class PromptConfig(Strict):
     num_demos: int = Field(2, ge=0, description="In-context demonstrations per teacher prompt (paper: 2).")
     demo_seed: int = 0
+    demo_sampler: Literal["per_problem", "fixed"] = Field(
+        "per_problem",
+        description="per_problem: each problem gets its own random demonstrations (the paper). fixed: one seeded "
+                    "draw shared by every problem (a problem drawn as a demo gets another in its place), so prompts "
+                    "share their start and vLLM's prefix cache computes it once: much less prefill per problem.")
     task_prefix: str = "predict: "
 
 

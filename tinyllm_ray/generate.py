@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from tinyllm_ray import prompts
-from tinyllm_ray.config import JobConfig, TeacherConfig, stable_hash
+from tinyllm_ray.config import JobConfig, PromptConfig, TeacherConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.models import resolve_model
 from tinyllm_ray.schemas import (
@@ -88,8 +88,8 @@ def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = No
     return sampling
 
 
-def demos_from_pool(pool: pa.Table, problems: list[dict], pool_offset: int | None, k: int,
-                    seed: int) -> list[list[dict]]:
+def demos_from_pool(pool: pa.Table, problems: list[dict], pool_offset: int | None, k: int, seed: int,
+                    sampler: str = "per_problem") -> list[list[dict]]:
     """Each problem's k demonstrations from the Arrow ``pool`` (the train split), as :func:`prompts.sample_demos`
     picks them. ``pool_offset``: where ``problems`` start in the pool, or None for problems from another split."""
     demos = []
@@ -98,7 +98,7 @@ def demos_from_pool(pool: pa.Table, problems: list[dict], pool_offset: int | Non
         if own is not None and pool["id"][own].as_py() != problem["id"]:
             raise GenerationError(f"problem {problem['id']!r} is not at row {own} of the demo pool: the frozen "
                                   "problems changed during the run; rerun with --force")
-        positions = prompts.demo_positions(len(pool), own, problem["id"], k, seed)
+        positions = prompts.demo_positions(len(pool), own, problem["id"], k, seed, sampler)
         # one-row slices: zero-copy and flat in the pool's size (Table.take concatenates its chunks first)
         demos.append([pool.slice(p, 1).to_pylist()[0] for p in positions])
     return demos
@@ -112,9 +112,9 @@ class TeacherEngine:
     request the engine rejects) come back with ``error`` set; an engine that dies raises, which fails the stage.
     """
 
-    def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, num_demos: int, demo_seed: int,
-                 passes: list[dict]):
-        """``passes``: what shards can ask for, by index: role, mode, sampling, problems_path, out_dir of each."""
+    def __init__(self, teacher: dict, model_path: str, demo_pool: pa.Table, demos: dict, passes: list[dict]):
+        """``demos``: ``config.prompts`` (num_demos, demo_seed, demo_sampler). ``passes``: what shards can ask for,
+        by index: role, mode, sampling, problems_path, out_dir of each."""
         import ray
         from vllm import LLM, SamplingParams
 
@@ -145,7 +145,7 @@ class TeacherEngine:
         # Kept as Arrow, read zero-copy from the object store; each problem slices out only its demos' rows. As Python
         # dicts the pool cost ~6x its Arrow size in every actor, and scanning it cost time per problem.
         self.pool = demo_pool
-        self.num_demos, self.demo_seed = num_demos, demo_seed
+        self.demos = PromptConfig.model_validate(demos)
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def render(self, problem: dict, demos: list[dict], mode: str) -> str:
@@ -177,7 +177,8 @@ class TeacherEngine:
         return summary
 
     def generate(self, problems: list[dict], todo: dict, pool_offset: int | None) -> pa.Table:
-        demos = demos_from_pool(self.pool, problems, pool_offset, self.num_demos, self.demo_seed)
+        demos = demos_from_pool(self.pool, problems, pool_offset, self.demos.num_demos, self.demos.demo_seed,
+                                self.demos.demo_sampler)
         with self.tokenizer_lock:
             rows = [self._row(p, self.render(p, d, todo["mode"]), todo["sampling_json"])
                     for p, d in zip(problems, demos)]
@@ -216,8 +217,12 @@ def teacher_fingerprint(config: JobConfig, teacher: TeacherConfig, problems_fing
     relevant = teacher.model_dump(mode="json", exclude={"resources", "max_error_rate", "rationale_prefix"})
     relevant["engine"] = {k: v for k, v in relevant["engine"].items()
                           if k in {"dtype", "max_model_len", "extra"}}
-    return stable_hash({"teacher": relevant, "prompts": config.prompts.model_dump(mode="json", exclude={"task_prefix"}),
-                        "problems": problems_fingerprint, "mode": mode})
+    # the default sampler is left out, so rationales written before it was a setting keep their fingerprint
+    prompt_settings = config.prompts.model_dump(mode="json", exclude={"task_prefix"})
+    if prompt_settings["demo_sampler"] == "per_problem":
+        del prompt_settings["demo_sampler"]
+    return stable_hash({"teacher": relevant, "prompts": prompt_settings, "problems": problems_fingerprint,
+                        "mode": mode})
 
 
 PROGRESS = "_progress.json"
@@ -372,8 +377,8 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
         summaries = ray.data.from_items(pending).map_batches(
             TeacherEngine,
             fn_constructor_kwargs=dict(teacher=teacher.model_dump(mode="json"), model_path=model_path,
-                                       demo_pool=pool_ref, num_demos=config.prompts.num_demos,
-                                       demo_seed=config.prompts.demo_seed, passes=passes),
+                                       demo_pool=pool_ref, demos=config.prompts.model_dump(mode="json"),
+                                       passes=passes),
             batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2 * in_flight,
                                                max_concurrent_calls_per_actor=in_flight,

@@ -47,29 +47,41 @@ def teacher_block(problem: Mapping[str, Any], with_answer: bool, rationale_cue: 
     return "\n".join(parts)
 
 
-def demo_positions(pool_size: int, query_position: int | None, query_id: str, k: int, seed: int) -> list[int]:
-    """Positions in a pool of ``pool_size`` problems of the k demonstrations for one query, never the query's own
-    ``query_position`` (None when the query is not in the pool); deterministic per (seed, query id).
+DEMO_SAMPLERS = ("per_problem", "fixed")
 
-    O(k), whatever the pool size: ``random.sample`` draws positions that depend only on the population's length, so
-    sampling ``range(n)`` picks exactly what sampling the pool without the query would (:func:`sample_demos`).
+
+def demo_positions(pool_size: int, query_position: int | None, query_id: str, k: int, seed: int,
+                   sampler: str = "per_problem") -> list[int]:
+    """Positions in a pool of ``pool_size`` problems of the k demonstrations for one query, never the query's own
+    ``query_position`` (None when the query is not in the pool).
+
+    ``per_problem`` (the paper): a random draw per (seed, query id). O(k), whatever the pool size: ``random.sample``
+    draws positions that depend only on the population's length, so sampling ``range(n)`` picks exactly what
+    sampling the pool without the query would (:func:`sample_demos`).
+    ``fixed``: one draw of k + 1 per seed, shared by every query; a query among the first k gets the extra one in its
+    place. Almost every prompt then starts with the same demonstrations, which an engine's prefix cache computes once.
     """
+    if sampler not in DEMO_SAMPLERS:
+        raise ValueError(f"unknown demo sampler {sampler!r}; expected one of {', '.join(DEMO_SAMPLERS)}")
     if k == 0:
         return []
     others = pool_size - (query_position is not None)
     if others < k:
         raise ValueError(f"need {k} demonstrations but the train split has only {max(others, 0)} other problems")
+    if sampler == "fixed":
+        shared = random.Random(f"{seed}:fixed").sample(range(pool_size), min(k + 1, pool_size))
+        return [p for p in shared if p != query_position][:k]
     rng = random.Random(f"{seed}:{query_id}")
     picks = rng.sample(range(others), k)
     return picks if query_position is None else [p + (p >= query_position) for p in picks]
 
 
 def sample_demos(
-    pool: Sequence[Mapping[str, Any]], query_id: str, k: int, seed: int
+    pool: Sequence[Mapping[str, Any]], query_id: str, k: int, seed: int, sampler: str = "per_problem"
 ) -> list[Mapping[str, Any]]:
-    """k demonstrations from ``pool`` excluding the query; deterministic per (seed, query id)."""
+    """k demonstrations from ``pool`` excluding the query (see :func:`demo_positions`)."""
     position = next((i for i, p in enumerate(pool) if p["id"] == query_id), None)
-    return [pool[i] for i in demo_positions(len(pool), position, query_id, k, seed)]
+    return [pool[i] for i in demo_positions(len(pool), position, query_id, k, seed, sampler)]
 
 
 def teacher_forcing_prompt(

@@ -164,6 +164,32 @@ def test_demo_positions_pick_what_sampling_the_pool_without_the_query_picks(size
             assert [items[i] for i in prompts.demo_positions(size, None, "eval-1", k, seed)] == outsider
 
 
+def test_fixed_sampler_gives_every_query_the_same_demos_but_never_its_own():
+    items = pool(30)
+    picks = {q["id"]: [d["id"] for d in sample_demos(items, q["id"], 3, seed=1, sampler="fixed")] for q in items}
+    outsider = [d["id"] for d in sample_demos(items, "eval-1", 3, seed=1, sampler="fixed")]
+    shared = [ids for ids in picks.values() if ids == outsider]
+    assert len(shared) == 30 - 3  # all but the three queries that are themselves a shared demo
+    for query, ids in picks.items():
+        assert query not in ids and len(set(ids)) == 3
+        if query in outsider:  # replaced by the spare draw, the other two keep their order
+            assert [i for i in outsider if i != query] == ids[:2] and ids[2] not in outsider
+    assert sample_demos(items, "eval-1", 3, seed=2, sampler="fixed") != sample_demos(items, "eval-1", 3, seed=1,
+                                                                                      sampler="fixed")
+
+
+def test_fixed_sampler_with_a_pool_just_large_enough():
+    assert sorted(d["id"] for d in sample_demos(pool(3), "p01", 2, seed=0, sampler="fixed")) == ["p00", "p02"]
+    assert len(sample_demos(pool(2), "eval-1", 2, seed=0, sampler="fixed")) == 2
+    with pytest.raises(ValueError, match="need 3 demonstrations"):
+        sample_demos(pool(3), "p01", 3, seed=0, sampler="fixed")
+
+
+def test_unknown_sampler_is_refused():
+    with pytest.raises(ValueError, match="unknown demo sampler 'shared'"):
+        prompts.demo_positions(10, None, "q", 2, 0, sampler="shared")
+
+
 def test_sample_demos_k_zero():
     assert sample_demos(pool(5), "p00", 0, seed=0) == []
     assert sample_demos([], "p00", 0, seed=0) == []
