@@ -116,7 +116,8 @@ class MemSampler:
                     try:
                         self.teacher_actor_env = {
                             "OMP_NUM_THREADS": child.environ().get("OMP_NUM_THREADS"),
-                            "cpu_affinity": child.cpu_affinity(), "title": title}
+                            "cpu_affinity": child.cpu_affinity(), "title": title,
+                            "jemalloc_loaded": any("libjemalloc" in m.path for m in child.memory_maps())}
                     except self.psutil.Error:
                         pass
         self.peak["all_descendants_total_rss_mb"] = max(self.peak["all_descendants_total_rss_mb"], total)

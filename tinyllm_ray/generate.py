@@ -360,7 +360,7 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
     if pending:
         log.info("teacher %s: %d shard(s) to write (%s)", teacher.name, len(pending),
                  ", ".join(f"{job.mode}s of {len(plan[2])} shards" for (job, _, _), plan in zip(jobs, plans)))
-        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu)}}
+        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": teacher_env(on_gpu, teacher.engine.allocator)}}
         if resources.accelerator_type:
             remote_args["accelerator_type"] = resources.accelerator_type
         if resources.custom_resources:

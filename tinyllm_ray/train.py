@@ -49,7 +49,7 @@ DEEPSPEED_TAG = "deepspeed"  # DeepSpeed's tag sub-folder inside a mid-run check
 # (so changing them reuses the student, or resumes the same Ray Train run). length_groups changes only how the same
 # loss is batched (float rounding).
 OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failures", "custom_resources_per_worker",
-                        "placement_strategy", "length_groups"}
+                        "placement_strategy", "length_groups", "allocator"}
 
 
 class TrainingError(RuntimeError):
@@ -86,6 +86,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     worker_nodes = _gather_node_ids()
+    allocator = _allocator_in_use()
     ds_config = cfg["deepspeed"]
     accumulation = ds_config["gradient_accumulation_steps"]
     seq2seq = cfg["seq2seq"]
@@ -122,7 +123,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     def progress(step: int, epoch: int) -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "micro_steps": micro_steps, "train_tokens": tokens,
                 "train_seconds": seconds_before + time.time() - started, "resumed_from_step": resumed_from,
-                "worker_nodes": worker_nodes}
+                "worker_nodes": worker_nodes, "worker_allocator": allocator}
 
     sinks = _open_rank0_sinks(cfg) if rank == 0 else None
 
@@ -189,6 +190,15 @@ def skip_single_rank_allreduce(engine) -> bool:
         engine.enable_backward_allreduce = False
         return True
     return False
+
+
+def _allocator_in_use() -> str:
+    """``jemalloc`` when this worker runs with it preloaded (``training.allocator``), else ``system``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "jemalloc" if "libjemalloc" in maps.read() else "system"
+    except OSError:  # no /proc: not Linux
+        return "system"
 
 
 def _logits(engine, batch: dict[str, Any], seq2seq: bool):
@@ -319,7 +329,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from tinyllm_ray.deepspeed_config import build_deepspeed_config, slow_setting_warnings
     from tinyllm_ray.generate import load_frozen_problems
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
-    from tinyllm_ray.runtime import connect
+    from tinyllm_ray.runtime import allocator_env, connect
     from tinyllm_ray.training_data import build_training_table, take_fraction, tasks_for
 
     layout = layout or RunLayout.of(config.output_dir)
@@ -392,7 +402,9 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),
                              failure_config=FailureConfig(max_failures=training.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # DeveloperAPI in Ray 2.60; merged with the job's runtime env
+                             worker_runtime_env={"env_vars": allocator_env(training.allocator, training.use_gpu)}),
     )
     start = time.time()
     result = trainer.fit()
@@ -411,7 +423,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         rationales=rationale_counts, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
         train_tokens=metrics.get("train_tokens"), seconds=round(time.time() - start, 2),
         resumed_from_step=metrics.get("resumed_from_step"), worker_nodes=metrics.get("worker_nodes"),
-        deepspeed=loop_config["deepspeed"])
+        worker_allocator=metrics.get("worker_allocator"), deepspeed=loop_config["deepspeed"])
 
 
 def final_export(result) -> tuple[Any, dict[str, Any]]:

@@ -48,6 +48,7 @@ def test_run_writes_every_artifact(tiny_run: Path):
         assert json.loads(rows[0]["sampling_params"])["max_tokens"] in (16, 12)
     student = read_manifest(tiny_run / "student")
     assert student["optimizer_steps"] == 3 and student["teachers"] == ["tiny_a", "tiny_b"]
+    assert student["worker_allocator"] == "jemalloc"  # training.allocator auto, on CPU
     assert all(sum(student["rationales"][t].values()) == 16 for t in ("tiny_a", "tiny_b"))
     assert (tiny_run / "student" / "model.safetensors").is_file()
     report = json.loads((tiny_run / "evaluation" / "report.json").read_text())
@@ -144,11 +145,12 @@ def test_train_zero_stage_and_architecture(tiny_run: Path, tmp_path: Path, stude
 
     out = _branch(tiny_run, tmp_path)
     result = cli("train", "tiny", "-o", str(out), "--set", f"training.zero_stage={stage}",
-                 "--set", f"student.model={student}")
+                 "--set", f"student.model={student}", "--set", "training.allocator=system")
     assert result.exit_code == 0, result.output
     manifest = read_manifest(out / "student")
     assert manifest["optimizer_steps"] == 3
     assert manifest["deepspeed"]["zero_optimization"]["stage"] == stage
+    assert manifest["worker_allocator"] == "system"
     assert manifest["seq2seq"] is (student == "builtin:tiny-t5")
     cls = AutoModelForSeq2SeqLM if manifest["seq2seq"] else AutoModelForCausalLM
     trained = cls.from_pretrained(out / "student").state_dict()

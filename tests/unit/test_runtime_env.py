@@ -1,6 +1,11 @@
-"""The environment a CPU teacher actor gets: in-process vLLM and a bounded oneDNN kernel cache."""
+"""The environment a CPU teacher actor gets (in-process vLLM, a bounded oneDNN kernel cache) and the training
+workers' allocator."""
 
-from tinyllm_ray.runtime import ONEDNN_CACHE_CAPACITY, teacher_env
+import logging
+from pathlib import Path
+
+from tinyllm_ray import runtime
+from tinyllm_ray.runtime import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY, teacher_env, allocator_env
 
 
 def test_cpu_teacher_bounds_onednn_cache(monkeypatch):
@@ -18,3 +23,37 @@ def test_driver_setting_of_onednn_cache_wins(monkeypatch):
 
 def test_gpu_teacher_gets_no_cpu_settings():
     assert teacher_env(on_gpu=True) == {}
+    assert "LD_PRELOAD" in teacher_env(on_gpu=True, allocator="jemalloc")
+
+
+def test_cpu_teacher_preloads_jemalloc_unless_told_not_to():
+    assert teacher_env(on_gpu=False)["LD_PRELOAD"].endswith("libjemalloc.so")
+    assert "LD_PRELOAD" not in teacher_env(on_gpu=False, allocator="system")
+
+
+def test_cpu_workers_preload_the_jemalloc_inside_rays_wheel(monkeypatch):
+    import ray
+
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    env = allocator_env("auto", on_gpu=False)
+    assert Path(env["LD_PRELOAD"]).is_file()
+    assert Path(env["LD_PRELOAD"]).parent.parent == Path(ray.__file__).parent  # ray/core/libjemalloc.so
+    assert env["MALLOC_CONF"] == JEMALLOC_CONF
+    assert allocator_env("jemalloc", on_gpu=True)["LD_PRELOAD"] == env["LD_PRELOAD"]  # asked for explicitly
+
+
+def test_system_allocator_and_gpu_workers_get_no_preload():
+    assert allocator_env("system", on_gpu=False) == {}
+    assert allocator_env("auto", on_gpu=True) == {}
+
+
+def test_driver_malloc_conf_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_CONF", "background_thread:true")
+    assert allocator_env("auto", on_gpu=False)["MALLOC_CONF"] == "background_thread:true"
+
+
+def test_missing_jemalloc_warns_and_keeps_the_system_allocator(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "jemalloc_path", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="tinyllm_ray"):
+        assert allocator_env("jemalloc", on_gpu=False) == {}
+    assert "no ray/core/libjemalloc.so" in caplog.text

@@ -86,7 +86,8 @@ def test_final_export_is_never_a_mid_run_checkpoint():
 def test_operational_settings_do_not_change_what_is_trained():
     base = trained_settings(load_config("tiny").training)
     changed = trained_settings(load_config("tiny", ["training.checkpoint_every_steps=2", "training.max_failures=0",
-                                                    "training.log_every_steps=5"]).training)
+                                                    "training.log_every_steps=5",
+                                                    "training.allocator=system"]).training)
     assert base == changed
     assert OPERATIONAL_SETTINGS <= set(TrainingConfig.model_fields)
     assert not OPERATIONAL_SETTINGS & set(base)
