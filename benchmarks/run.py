@@ -786,9 +786,10 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"model": config.student.model, "micro_batch_size": mb, "steps": steps,
                            "padding": padding_waste(config)}
 
-    def with_stage(stage: int):
+    def with_stage(stage: int, allocator: str):
         return type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
-                                                                               "zero_stage": stage}})
+                                                                               "zero_stage": stage,
+                                                                               "allocator": allocator}})
 
     # This VM's speed drifts by tens of percent (the matmul peak measured 90-169 GFLOP/s on one day), so
     # the plain loop runs before and after ZeRO-0 and the overhead is taken against their mean. ZeRO-0 is what
@@ -798,15 +799,19 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
         print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s) ({field})", flush=True)
         out[field] = {**run_plain_loop(config, steps, threads), "waited_for_quiet_s": waited}
 
-    def staged(field: str, stage: int) -> None:
+    def staged(field: str, stage: int, allocator: str = "auto") -> None:
         waited = wait_quiet()
-        print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-{stage}, 1 worker", flush=True)
-        out[field] = {**run_train_stage(with_stage(stage), tmp / "train_logs", f"{model_key}-w1-z{stage}"),
-                      "waited_for_quiet_s": waited}
+        print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-{stage}, 1 worker, allocator {allocator}",
+              flush=True)
+        out[field] = {**run_train_stage(with_stage(stage, allocator), tmp / "train_logs",
+                                        f"{model_key}-w1-z{stage}-{allocator}"),
+                      "allocator": allocator, "waited_for_quiet_s": waited}
 
     plain("plain_1t_before", 1)
     staged("ray_deepspeed_zero0", 0)
     plain("plain_1t", 1)
+    # the same stage on glibc's allocator, as the plain loop runs: the framework's overhead without jemalloc's gain
+    staged("ray_deepspeed_zero0_system_alloc", 0, "system")
     staged("ray_deepspeed", 2)
     ranks = out["ray_deepspeed_zero0"]["ranks"]
     worker_threads = ranks[0]["torch_threads"] if ranks else 1
@@ -816,7 +821,8 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
     same = sum(plain_rates) / 2 if all(plain_rates) and worker_threads == 1 else None
     out["mean_plain_1t_tokens_per_s"] = same
     for field, key in (("ray_deepspeed", "steady_overhead_vs_plain_same_threads"),
-                       ("ray_deepspeed_zero0", "zero0_steady_overhead_vs_plain_same_threads")):
+                       ("ray_deepspeed_zero0", "zero0_steady_overhead_vs_plain_same_threads"),
+                       ("ray_deepspeed_zero0_system_alloc", "zero0_system_alloc_steady_overhead_vs_plain")):
         rate = out[field].get("steady_tokens_per_s")
         if rate and same:
             out[key] = round(same / rate - 1, 3)
@@ -1076,11 +1082,12 @@ def table(results: dict[str, Any]) -> str:
         if "error" in t:
             rows.append((f"train {key}", "ERROR", "", "", "", "", t["error"].splitlines()[-1][:80]))
             continue
-        for stage, field in ((2, "ray_deepspeed"), (0, "ray_deepspeed_zero0")):
+        for stage, field in ((2, "ray_deepspeed"), (0, "ray_deepspeed_zero0"), (0, "ray_deepspeed_zero0_system_alloc")):
             d = t.get(field)
             if not d:
                 continue
-            rows.append((f"train {key}", f"Ray Train+DS ZeRO-{stage} (1 worker)", fmt(d["stage_seconds"], 2),
+            rows.append((f"train {key}", f"Ray Train+DS ZeRO-{stage} (1 worker, {d.get('allocator', 'auto')} alloc)",
+                         fmt(d["stage_seconds"], 2),
                          fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "",
                          f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')}), first step after {d.get('startup_to_first_step_s')} s, "
                          f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr"))
@@ -1096,7 +1103,8 @@ def table(results: dict[str, Any]) -> str:
                      f"{t['padding'].get('length_groups_1', {}).get('pad_fraction')}); steady overhead vs plain "
                      f"(same threads, mean of before and after ZeRO-0): ZeRO-2 "
                      f"{fmt(t.get('steady_overhead_vs_plain_same_threads'), 3)}, ZeRO-0 "
-                     f"{fmt(t.get('zero0_steady_overhead_vs_plain_same_threads'), 3)}; ZeRO-2 vs best plain "
+                     f"{fmt(t.get('zero0_steady_overhead_vs_plain_same_threads'), 3)}, ZeRO-0 on glibc "
+                     f"{fmt(t.get('zero0_system_alloc_steady_overhead_vs_plain'), 3)}; ZeRO-2 vs best plain "
                      f"{fmt(t.get('steady_overhead_vs_best_plain'), 3)}"))
     s = results.get("scale", {})
     if "error" in s:
