@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from tinyllm_ray import runtime
-from tinyllm_ray.runtime import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY, teacher_env, allocator_env
+from tinyllm_ray.runtime import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY, allocator_env, teacher_env
 
 
 def test_cpu_teacher_bounds_onednn_cache(monkeypatch):
