@@ -67,12 +67,10 @@ def allocator_env(allocator: str, on_gpu: bool) -> dict[str, str]:
 def teacher_env(on_gpu: bool, allocator: str = "auto") -> dict[str, str]:
     """Settings for a teacher actor: on CPU the engine runs in-process (start ~5 s instead of ~20 s) and oneDNN's
     kernel cache is bounded (a value in the driver's environment wins); the allocator (``engine.allocator``)."""
-    if on_gpu:
-        return allocator_env(allocator, on_gpu)
-    return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-                                                              ONEDNN_CACHE_CAPACITY),
-            **allocator_env(allocator, on_gpu)}
+    cpu = {} if on_gpu else {
+        "VLLM_TARGET_DEVICE": "cpu", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)}
+    return {**cpu, **allocator_env(allocator, on_gpu)}
 
 
 def connect(config: JobConfig) -> None:
