@@ -526,11 +526,15 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
         b = bare[label]
         out["bare_vllm"][label] = {"batch_size": b["batch_size"], **rates(
             b["seconds"], b["problems"], b["prompt_tokens"], b["generated_tokens"], params, peak)}
-    from tinyllm_ray.layout import RunLayout
-    from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_table
+    def texts_written(cfg) -> dict[str, str]:
+        """id -> rationale of what the pipeline wrote for ``cfg``, to compare the other variants' texts with."""
+        from tinyllm_ray.layout import RunLayout
+        from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_table
 
-    rows = read_table(RunLayout.of(config.output_dir).teacher_dir(teacher.name), RATIONALE_SCHEMA).to_pylist()
-    pipeline_text = {r["id"]: r["rationale"] for r in rows}
+        table = read_table(RunLayout.of(cfg.output_dir).teacher_dir(teacher.name), RATIONALE_SCHEMA)
+        return dict(zip(table.column("id").to_pylist(), table.column("rationale").to_pylist()))
+
+    pipeline_text = texts_written(config)
     same = sum(pipeline_text.get(i) == text for i, text in bare["texts"].items())
     out["bare_vllm"]["identical_to_pipeline"] = f"{same}/{len(bare['texts'])}"
     def transformers(cfg, texts: dict[str, str]) -> dict[str, Any]:
@@ -554,8 +558,7 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
                            prompts={"demo_sampler": "fixed"})
         print(f"[bench] gen {model_key}: pipeline, fixed demos", flush=True)
         out["fixed_demos"] = {"pipeline": pipeline(fixed)}
-        rows = read_table(RunLayout.of(fixed.output_dir).teacher_dir(teacher.name), RATIONALE_SCHEMA).to_pylist()
-        out["fixed_demos"]["transformers"] = transformers(fixed, {r["id"]: r["rationale"] for r in rows})
+        out["fixed_demos"]["transformers"] = transformers(fixed, texts_written(fixed))
     return out
 
 
