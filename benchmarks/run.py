@@ -281,16 +281,15 @@ def ensure_ray(num_cpus: int = 8) -> float:
     import ray
 
     if not ray.is_initialized():
-        from tinyllm_ray.runtime import WORKER_ENV
+        from tinyllm_ray.runtime import local_cluster_runtime_env
 
-        env = dict(WORKER_ENV, VLLM_CACHE_ROOT=os.environ["VLLM_CACHE_ROOT"],
-                   TORCHINDUCTOR_CACHE_DIR=os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        env = local_cluster_runtime_env(VLLM_CACHE_ROOT=os.environ["VLLM_CACHE_ROOT"],
+                                        TORCHINDUCTOR_CACHE_DIR=os.environ["TORCHINDUCTOR_CACHE_DIR"])
         t = time.time()
         for attempt in range(3):
             # On an overloaded machine the raylet can miss Ray's fixed 30 s registration window: retry.
             try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
-                         log_to_driver=True)
+                ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
                 break
             except Exception as err:  # noqa: BLE001
                 print(f"[bench] ray.init failed (attempt {attempt + 1}/3): {err}", flush=True)

@@ -37,10 +37,10 @@ def ray_cluster(_isolated_caches):
     """A real local Ray cluster with spare logical CPUs (2 cores host teacher actors, tasks and 2 trainers)."""
     import ray
 
-    from tinyllm_ray.runtime import WORKER_ENV
+    from tinyllm_ray.runtime import local_cluster_runtime_env
 
-    env = dict(WORKER_ENV, VLLM_CACHE_ROOT=os.environ["VLLM_CACHE_ROOT"],
-               TORCHINDUCTOR_CACHE_DIR=os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    ray.init(num_cpus=6, include_dashboard=False, runtime_env={"env_vars": env})
+    env = local_cluster_runtime_env(VLLM_CACHE_ROOT=os.environ["VLLM_CACHE_ROOT"],
+                                    TORCHINDUCTOR_CACHE_DIR=os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    ray.init(num_cpus=6, include_dashboard=False, runtime_env=env)
     yield ray
     ray.shutdown()

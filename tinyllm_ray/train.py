@@ -111,8 +111,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # A fresh, reproducible random stream for the rest of the run (dropout etc.).
         torch.manual_seed(cfg["seed"] + rank + 1_000_003 * resumed_from)
         if rank == 0:
-            print(f"[train] resumed from step {resumed_from}/{cfg['total_optimizer_steps']} "
-                  f"({micro_steps} micro steps done)", flush=True)
+            log.info(f"[train] resumed from step {resumed_from}/{cfg['total_optimizer_steps']} "
+                     f"({micro_steps} micro steps done)")
     start_epoch, skip = resume_position(micro_steps, cfg["micro_steps_per_epoch"])
     tasks = [Task(**t) for t in cfg["tasks"]]
     weights = torch.tensor([t.weight for t in tasks])
@@ -163,8 +163,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if checkpoint_due(step, cfg["checkpoint_every_steps"], cfg["total_optimizer_steps"]):
                 _save_checkpoint(engine, rank, metrics, progress(step, epoch))
             if rank == 0 and step % cfg["log_every_steps"] == 0:
-                print(f"[train] step {step}/{cfg['total_optimizer_steps']} loss {loss_value:.4f} "
-                      + " ".join(f"{tasks[t].name}={float(v):.3f}" for t, v in per_task.items()), flush=True)
+                # Logged, not printed: Ray Train 2.60 both logs and echoes a worker's print(), so it showed twice.
+                log.info(f"[train] step {step}/{cfg['total_optimizer_steps']} loss {loss_value:.4f} "
+                         + " ".join(f"{tasks[t].name}={float(v):.3f}" for t, v in per_task.items()))
     if sinks is not None:
         sinks.close()
     final = progress(micro_steps // accumulation, max(micro_steps - 1, 0) // cfg["micro_steps_per_epoch"])

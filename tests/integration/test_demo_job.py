@@ -34,3 +34,8 @@ def test_demo_job_end_to_end(tmp_path: Path):
     assert [r["name"] for r in report["results"][1:]] == ["smollm2_greedy", "smollm2_sampled"]
     assert all(r["total"] == 16 for r in report["results"])
     assert "| model | role | accuracy |" in proc.stdout
+    # What the user reads: each progress line once, and no warning that only says the local cluster has no dashboard.
+    output = proc.stdout + proc.stderr
+    step_lines = [line.split("[train] ", 1)[1].split(" loss")[0] for line in output.splitlines() if "[train] step" in line]
+    assert step_lines == [f"step {step}/6" for step in range(1, 7)], step_lines
+    assert "State API may be temporarily unavailable" not in output

@@ -57,3 +57,20 @@ def test_missing_jemalloc_warns_and_keeps_the_system_allocator(monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="tinyllm_ray"):
         assert allocator_env("jemalloc", on_gpu=False) == {}
     assert "no ray/core/libjemalloc.so" in caplog.text
+
+
+def test_local_cluster_silences_only_the_placement_group_cleaners_dashboard_warning():
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    env = runtime.local_cluster_runtime_env(EXTRA="1")
+    assert env["env_vars"]["EXTRA"] == "1" and env["env_vars"].items() >= runtime.WORKER_ENV.items()
+    module, _, name = env["worker_process_setup_hook"].rpartition(".")
+    hook = getattr(__import__(module, fromlist=[name]), name)
+    cleaner_log = placement_group_cleaner.logger  # the logger Ray's cleaner warns on: a Ray upgrade may move it
+    cleaner_log.setLevel(logging.NOTSET)
+    try:
+        hook()
+        assert not cleaner_log.isEnabledFor(logging.WARNING) and cleaner_log.isEnabledFor(logging.ERROR)
+        assert logging.getLogger("ray.train").getEffectiveLevel() <= logging.WARNING
+    finally:
+        cleaner_log.setLevel(logging.NOTSET)
