@@ -19,7 +19,7 @@ from typing import Any
 class _Call:
     """One caller's prompts; ``results[i]`` becomes the RequestOutput of prompt i or the error that rejected it."""
 
-    prompts: list[str]
+    prompts: list[Any]  # vLLM prompts: text, or a TokensPrompt dict
     params: Any
     results: list[Any] = field(default_factory=list)
     remaining: int = 0
@@ -54,7 +54,7 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
         self._thread.start()
 
-    def generate(self, prompts: list[str], params: Any) -> list[Any]:
+    def generate(self, prompts: list[Any], params: Any) -> list[Any]:
         """Outputs in prompt order: a ``RequestOutput`` per prompt, or the exception that rejected that prompt (e.g.
         too long). Raises when the engine itself failed: every caller's work is lost then."""
         call = _Call(list(prompts), params, results=[None] * len(prompts), remaining=len(prompts))

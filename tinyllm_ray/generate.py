@@ -165,8 +165,11 @@ class TeacherEngine:
         for index, shard, offset, count in zip(batch["pass"], batch["shard"], batch["offset"], batch["rows"]):
             start = time.time()
             todo = self.passes[int(index)]
-            problems = read_rows(todo["problems_path"], int(offset), int(count), PROBLEM_SCHEMA).to_pylist()
-            table = self.generate(problems, todo, int(offset) if todo["role"] == DEMO_POOL_ROLE else None)
+            in_pool = todo["role"] == DEMO_POOL_ROLE  # the demo pool is this very split, already in memory
+            rows = (self.pool.slice(int(offset), int(count)) if in_pool
+                    else read_rows(todo["problems_path"], int(offset), int(count), PROBLEM_SCHEMA))
+            problems = rows.to_pylist()
+            table = self.generate(problems, todo, int(offset) if in_pool else None)
             stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
             write_table(table, todo["out_dir"] / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
             for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
@@ -182,15 +185,17 @@ class TeacherEngine:
         with self.tokenizer_lock:
             rows = [self._row(p, self.render(p, d, todo["mode"]), todo["sampling_json"])
                     for p, d in zip(problems, demos)]
-            for row in rows:
-                row["num_prompt_tokens"] = len(self.tokenizer.encode(row["prompt"], add_special_tokens=False))
+            # Tokenised here, in the caller's thread, as vLLM would (special tokens added), and handed to the engine
+            # as token ids: the engine thread then spends no time tokenising while it could be stepping.
+            token_ids = [self.tokenizer.encode(row["prompt"]) for row in rows]
         runnable = []
-        for row in rows:
-            if row["num_prompt_tokens"] >= self.max_model_len:
-                row["error"] = (f"prompt has {row['num_prompt_tokens']} tokens, engine.max_model_len is "
+        for row, ids in zip(rows, token_ids):
+            row["num_prompt_tokens"] = len(ids)
+            if len(ids) >= self.max_model_len:
+                row["error"] = (f"prompt has {len(ids)} tokens, engine.max_model_len is "
                                 f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
             else:
-                runnable.append(row)
+                runnable.append((row, {"prompt_token_ids": ids, "prompt": row["prompt"]}))
         self._generate(runnable, todo["params"])
         return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA)
 
@@ -199,9 +204,10 @@ class TeacherEngine:
                     prompt=prompt, rationale="", num_prompt_tokens=0, num_generated_tokens=0, finish_reason="error",
                     sampling_params=sampling_json, error=None)
 
-    def _generate(self, rows: list[dict], params) -> None:
-        outputs = self.loop.generate([r["prompt"] for r in rows], params)
-        for row, output in zip(rows, outputs):
+    def _generate(self, runnable: list[tuple[dict, dict]], params) -> None:
+        """Fill each row from the engine's output for its prompt (a vLLM ``TokensPrompt``)."""
+        outputs = self.loop.generate([prompt for _, prompt in runnable], params)
+        for (row, _), output in zip(runnable, outputs):
             if isinstance(output, Exception):
                 row["error"] = f"{type(output).__name__}: {output}"[:2000]
                 continue
