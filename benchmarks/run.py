@@ -779,6 +779,44 @@ def gen_for_training(model_key: str, tmp: Path, quick: bool, training: dict[str,
     return config
 
 
+def run_plain_loop_process(config, steps: int, threads: int, allocator: str) -> dict[str, Any]:
+    """:func:`run_plain_loop` in a fresh process (as a Train worker is one) on ``allocator``: ``system`` (glibc, what a
+    plain script gets) or ``jemalloc`` (preloaded exactly as the product preloads it into CPU Train workers)."""
+    from tinyllm_ray.runtime import allocator_env
+
+    spec = Path(tempfile.mkdtemp(prefix="plain-loop-")) / "job.json"
+    spec.write_text(config.model_dump_json())
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env.update(allocator_env(allocator, on_gpu=False))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--plain-loop", str(spec), str(steps), str(threads)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    shutil.rmtree(spec.parent, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain loop process failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plain_loop_child(spec: str, steps: str, threads: str) -> int:
+    """``--plain-loop``: run the plain loop on a saved job config and print its result (and allocator) as JSON."""
+    from tinyllm_ray.config import JobConfig
+
+    config = JobConfig.model_validate_json(Path(spec).read_text())
+    result = run_plain_loop(config, int(steps), int(threads))
+    result["jemalloc_loaded"] = "jemalloc" in Path("/proc/self/maps").read_text()
+    print(json.dumps(result))
+    return 0
+
+
+# Each round runs these back to back; every ratio is taken within its round (see bench_train).
+TRAIN_ROUND = (("plain", "system"), ("zero0", "jemalloc"), ("plain", "jemalloc"), ("zero0", "system"))
+
+
+def overhead(plain: dict[str, Any], staged: dict[str, Any]) -> float | None:
+    """How much slower ``staged`` trained than ``plain`` at steady state (0.1 = 10 % slower), by tokens/s."""
+    a, b = plain.get("steady_tokens_per_s"), staged.get("steady_tokens_per_s")
+    return round(a / b - 1, 3) if a and b else None
+
+
 def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
     # enough steps that start-up transients (Ray Data ingest, the previous variant's workers exiting) average out
     steps = 4 if quick else (30 if model_key == "tiny" else 14)
@@ -786,52 +824,56 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
     config = gen_for_training(model_key, tmp, quick, {"num_workers": 1, "micro_batch_size": mb, "max_steps": steps},
                               "train")
     out: dict[str, Any] = {"model": config.student.model, "micro_batch_size": mb, "steps": steps,
-                           "padding": padding_waste(config)}
+                           "padding": padding_waste(config), "rounds": []}
 
     def with_stage(stage: int, allocator: str):
         return type(config).model_validate({**config.model_dump(), "training": {**config.training.model_dump(),
                                                                                "zero_stage": stage,
                                                                                "allocator": allocator}})
 
-    # This VM's speed drifts by tens of percent (the matmul peak measured 90-169 GFLOP/s on one day), so
-    # the plain loop runs before and after ZeRO-0 and the overhead is taken against their mean. ZeRO-0 is what
-    # training.zero_stage "auto" (the default) runs with one worker; ZeRO-2 shows what the explicit setting costs.
-    def plain(field: str, threads: int) -> None:
+    def plain(threads: int, allocator: str) -> dict[str, Any]:
         waited = wait_quiet()
-        print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s) ({field})", flush=True)
-        out[field] = {**run_plain_loop(config, steps, threads), "waited_for_quiet_s": waited}
+        print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s), {allocator} allocator", flush=True)
+        return {**run_plain_loop_process(config, steps, threads, allocator), "allocator": allocator,
+                "waited_for_quiet_s": waited}
 
-    def staged(field: str, stage: int, allocator: str = "auto") -> None:
+    def staged(stage: int, allocator: str, label: str) -> dict[str, Any]:
         waited = wait_quiet()
-        print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-{stage}, 1 worker, allocator {allocator}",
+        print(f"[bench] train {model_key}: Ray Train + DeepSpeed ZeRO-{stage}, 1 worker, {allocator} allocator",
               flush=True)
-        out[field] = {**run_train_stage(with_stage(stage, allocator), tmp / "train_logs",
-                                        f"{model_key}-w1-z{stage}-{allocator}"),
-                      "allocator": allocator, "waited_for_quiet_s": waited}
+        return {**run_train_stage(with_stage(stage, allocator), tmp / "train_logs", label),
+                "allocator": allocator, "waited_for_quiet_s": waited}
 
-    plain("plain_1t_before", 1)
-    staged("ray_deepspeed_zero0", 0)
-    plain("plain_1t", 1)
-    # the same stage on glibc's allocator, as the plain loop runs: the framework's overhead without jemalloc's gain
-    staged("ray_deepspeed_zero0_system_alloc", 0, "system")
-    staged("ray_deepspeed", 2)
-    ranks = out["ray_deepspeed_zero0"]["ranks"]
-    worker_threads = ranks[0]["torch_threads"] if ranks else 1
+    # This VM's speed drifts by tens of percent within minutes (the matmul peak measured 90-169 GFLOP/s in one
+    # day), so the comparison runs in rounds: a plain loop and ZeRO-0 (what training.zero_stage "auto" runs with
+    # one worker) on each allocator, back to back, with every ratio taken within its round. Ray Train runs the loop
+    # in a thread, where glibc's allocator costs more than in a main thread, so each allocator is also compared with
+    # itself: that is the framework's own overhead. As shipped (jemalloc) against a plain script (glibc) is what a
+    # user sees.
+    for index in range(1 if quick else 2):
+        round_ = {}
+        for kind, allocator in TRAIN_ROUND:
+            round_[f"{kind}_{allocator}"] = (plain(1, allocator) if kind == "plain" else
+                                             staged(0, allocator, f"{model_key}-r{index}-z0-{allocator}"))
+        round_["overhead_same_allocator"] = {a: overhead(round_[f"plain_{a}"], round_[f"zero0_{a}"])
+                                             for a in ("jemalloc", "system")}
+        round_["overhead_as_shipped_vs_plain_script"] = overhead(round_["plain_system"], round_["zero0_jemalloc"])
+        out["rounds"].append(round_)
+    worker_threads = {r["zero0_jemalloc"]["ranks"][0]["torch_threads"] for r in out["rounds"]
+                      if r["zero0_jemalloc"].get("ranks")}
+    if worker_threads != {1}:
+        out["note"] = f"the Train worker ran {worker_threads} torch threads; the plain loops ran 1"
+    for key in ("jemalloc", "system"):
+        values = [r["overhead_same_allocator"][key] for r in out["rounds"]]
+        out[f"zero0_overhead_same_allocator_{key}"] = statistics.median(values) if None not in values else None
+    values = [r["overhead_as_shipped_vs_plain_script"] for r in out["rounds"]]
+    out["zero0_overhead_as_shipped_vs_plain_script"] = statistics.median(values) if None not in values else None
+    # ZeRO-2 with one worker: what the explicit setting costs, against the plain loop run right after it
+    out["ray_deepspeed_zero2"] = staged(2, "jemalloc", f"{model_key}-z2")
+    out["plain_after_zero2"] = plain(1, "jemalloc")
+    out["zero2_overhead_same_allocator"] = overhead(out["plain_after_zero2"], out["ray_deepspeed_zero2"])
     if (os.cpu_count() or 1) != 1:
-        plain(f"plain_{os.cpu_count()}t", os.cpu_count() or 1)
-    plain_rates = [out[f].get("steady_tokens_per_s") for f in ("plain_1t_before", "plain_1t")]
-    same = sum(plain_rates) / 2 if all(plain_rates) and worker_threads == 1 else None
-    out["mean_plain_1t_tokens_per_s"] = same
-    for field, key in (("ray_deepspeed", "steady_overhead_vs_plain_same_threads"),
-                       ("ray_deepspeed_zero0", "zero0_steady_overhead_vs_plain_same_threads"),
-                       ("ray_deepspeed_zero0_system_alloc", "zero0_system_alloc_steady_overhead_vs_plain")):
-        rate = out[field].get("steady_tokens_per_s")
-        if rate and same:
-            out[key] = round(same / rate - 1, 3)
-    best = max((v.get("steady_tokens_per_s") or 0) for k, v in out.items() if k.startswith("plain_"))
-    ds = out["ray_deepspeed"].get("steady_tokens_per_s")
-    if ds and best:
-        out["steady_overhead_vs_best_plain"] = round(best / ds - 1, 3)
+        out[f"plain_{os.cpu_count()}t"] = plain(os.cpu_count() or 1, "system")
     return out
 
 
@@ -1084,30 +1126,38 @@ def table(results: dict[str, Any]) -> str:
         if "error" in t:
             rows.append((f"train {key}", "ERROR", "", "", "", "", t["error"].splitlines()[-1][:80]))
             continue
-        for stage, field in ((2, "ray_deepspeed"), (0, "ray_deepspeed_zero0"), (0, "ray_deepspeed_zero0_system_alloc")):
-            d = t.get(field)
-            if not d:
-                continue
-            rows.append((f"train {key}", f"Ray Train+DS ZeRO-{stage} (1 worker, {d.get('allocator', 'auto')} alloc)",
-                         fmt(d["stage_seconds"], 2),
-                         fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "",
-                         f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')}), first step after {d.get('startup_to_first_step_s')} s, "
-                         f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr"))
-        for name in sorted(k for k in t if k.startswith("plain_")):
-            p = t[name]
-            when = " before ZeRO-0" if name.endswith("_before") else ""
-            rows.append((f"train {key}", f"plain PyTorch ({p['torch_threads']} thr{when})", "",
-                         fmt(p.get("steady_tokens_per_s")) + " train tok/s", "", "",
-                         f"step {p.get('steady_step_s')} s (median {p.get('median_step_s')}), "
-                         f"start-up {p['startup_s']} s, first step {p['first_step_s']} s"))
-        rows.append((f"train {key}", "padding / overhead", "", "", "", "",
+        def train_row(label: str, d: dict[str, Any], note: str) -> None:
+            step = f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')})"
+            rows.append((f"train {key}", label, fmt(d["stage_seconds"], 2) if "stage_seconds" in d else "",
+                         fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "", f"{step}, {note}"))
+
+        for index, round_ in enumerate(t.get("rounds", [])):
+            for kind, allocator in TRAIN_ROUND:
+                d = round_[f"{kind}_{allocator}"]
+                if kind == "plain":
+                    train_row(f"round {index + 1}: plain PyTorch, 1 thr, {allocator}", d,
+                              f"start-up {d['startup_s']} s, first step {d['first_step_s']} s")
+                else:
+                    train_row(f"round {index + 1}: Ray Train+DS ZeRO-0, {allocator}", d,
+                              f"first step after {d.get('startup_to_first_step_s')} s, "
+                              f"{d['ranks'][0]['torch_threads'] if d['ranks'] else '?'} torch thr")
+            rows.append((f"train {key}", f"round {index + 1}: overhead", "", "", "", "",
+                         f"ZeRO-0 vs plain, same allocator: jemalloc "
+                         f"{fmt(round_['overhead_same_allocator']['jemalloc'], 3)}, glibc "
+                         f"{fmt(round_['overhead_same_allocator']['system'], 3)}; as shipped (jemalloc) vs plain "
+                         f"script (glibc) {fmt(round_['overhead_as_shipped_vs_plain_script'], 3)}"))
+        if "ray_deepspeed_zero2" in t:
+            train_row("Ray Train+DS ZeRO-2, jemalloc", t["ray_deepspeed_zero2"], "then the plain loop:")
+            train_row("plain PyTorch, 1 thr, jemalloc", t["plain_after_zero2"],
+                      f"ZeRO-2 overhead {fmt(t.get('zero2_overhead_same_allocator'), 3)}")
+        for name in sorted(k for k in t if k.startswith("plain_") and k[6:-1].isdigit()):
+            train_row(f"plain PyTorch, {t[name]['torch_threads']} thr, glibc", t[name], "all cores")
+        rows.append((f"train {key}", "padding / overhead (median of rounds)", "", "", "", "",
                      f"pad fraction {t['padding']['pad_fraction']} (one batch: "
-                     f"{t['padding'].get('length_groups_1', {}).get('pad_fraction')}); steady overhead vs plain "
-                     f"(same threads, mean of before and after ZeRO-0): ZeRO-2 "
-                     f"{fmt(t.get('steady_overhead_vs_plain_same_threads'), 3)}, ZeRO-0 "
-                     f"{fmt(t.get('zero0_steady_overhead_vs_plain_same_threads'), 3)}, ZeRO-0 on glibc "
-                     f"{fmt(t.get('zero0_system_alloc_steady_overhead_vs_plain'), 3)}; ZeRO-2 vs best plain "
-                     f"{fmt(t.get('steady_overhead_vs_best_plain'), 3)}"))
+                     f"{t['padding'].get('length_groups_1', {}).get('pad_fraction')}); ZeRO-0 vs plain, same "
+                     f"allocator: jemalloc {fmt(t.get('zero0_overhead_same_allocator_jemalloc'), 3)}, glibc "
+                     f"{fmt(t.get('zero0_overhead_same_allocator_system'), 3)}; as shipped vs plain script "
+                     f"{fmt(t.get('zero0_overhead_as_shipped_vs_plain_script'), 3)}"))
     s = results.get("scale", {})
     if "error" in s:
         rows.append(("scale", "ERROR", "", "", "", "", s["error"].splitlines()[-1][:80]))
@@ -1158,7 +1208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None,
                         help=f"comma list of {','.join(MODELS)} for the gen and train sections (default: both; "
                              "tiny with --quick)")
+    parser.add_argument("--plain-loop", nargs=3, metavar=("JOB_JSON", "STEPS", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_loop:  # the child process of run_plain_loop_process
+        return plain_loop_child(*args.plain_loop)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
