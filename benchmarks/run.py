@@ -207,11 +207,12 @@ def model_params(path: str) -> int:
 
 
 def rates(seconds: float, problems: int, prompt_tokens: int, gen_tokens: int, params: int,
-          peak_gflops: float | None) -> dict[str, Any]:
+          peak_gflops: float | None, cached_tokens: int = 0) -> dict[str, Any]:
+    """Throughput and achieved FLOP/s; prompt tokens served from vLLM's prefix cache were not computed."""
     seconds = max(seconds, 1e-9)
-    flops = 2 * params * (prompt_tokens + gen_tokens) / seconds
+    flops = 2 * params * (prompt_tokens - cached_tokens + gen_tokens) / seconds
     return {"seconds": round(seconds, 2), "problems": problems, "prompt_tokens": prompt_tokens,
-            "generated_tokens": gen_tokens, "gen_tokens_per_s": round(gen_tokens / seconds, 1),
+            "cached_prompt_tokens": cached_tokens, "generated_tokens": gen_tokens, "gen_tokens_per_s": round(gen_tokens / seconds, 1),
             "problems_per_s": round(problems / seconds, 3), "gflops": round(flops / 1e9, 2),
             "fraction_of_peak": round(flops / (peak_gflops * 1e9), 4) if peak_gflops else None}
 
@@ -334,6 +335,7 @@ def run_pipeline(config) -> dict[str, Any]:
 
     from tinyllm_ray.generate import generate
     from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import read_footer
 
     layout = RunLayout.of(config.output_dir)
     with MemSampler() as mem:
@@ -350,11 +352,12 @@ def run_pipeline(config) -> dict[str, Any]:
             table = pq.read_table(shard, columns=["num_prompt_tokens", "num_generated_tokens"])
             info.append({"mtime": shard.stat().st_mtime, "rows": table.num_rows,
                          "prompt": int(sum(table.column(0).to_pylist())),
-                         "gen": int(sum(table.column(1).to_pylist()))})
+                         "gen": int(sum(table.column(1).to_pylist())),
+                         "cached": read_footer(shard).get("stats", {}).get("cached_prompt_tokens", 0)})
         counts = manifest["counts"]
         entry = {"manifest_seconds": manifest["seconds"], "rows": counts["rows"], "errors": counts["errors"],
                  "prompt_tokens": counts["prompt_tokens"], "generated_tokens": counts["generated_tokens"],
-                 "shards": len(info), "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
+                 "cached_prompt_tokens": counts.get("cached_prompt_tokens", 0), "shards": len(info), "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
         skip = teacher.resources.shards_in_flight
         if len(info) > skip and teacher.resources.concurrency == 1:
             # One actor works on `skip` shards at once, so the first `skip` finish close together. Steady state is
@@ -364,6 +367,7 @@ def run_pipeline(config) -> dict[str, Any]:
             later = info[skip:]
             entry["steady"] = {"seconds": round(steady_s, 2), "problems": sum(i["rows"] for i in later),
                                "prompt_tokens": sum(i["prompt"] for i in later),
+                               "cached_prompt_tokens": sum(i["cached"] for i in later),
                                "generated_tokens": sum(i["gen"] for i in later), "first_shard": skip + 1}
             # stage start -> the first `skip` shards written, minus their time at the steady rate: Ray Data set-up
             # + actor/engine start
@@ -410,6 +414,7 @@ def run_bare_vllm(config, teacher, model_path: str) -> dict[str, Any]:
         seconds = time.time() - t
         out[label] = {"batch_size": size, "seconds": seconds, "problems": len(outputs),
                       "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs),
+                      "cached_prompt_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
                       "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
                       "batch_seconds": [round(x, 3) for x in batch_seconds]}
         if label != "one_call" and len(batch_seconds) >= 2:
@@ -418,6 +423,7 @@ def run_bare_vllm(config, teacher, model_path: str) -> dict[str, Any]:
             out[f"{label}_steady"] = {
                 "batch_size": size, "seconds": sum(batch_seconds[1:]), "problems": len(rest),
                 "prompt_tokens": sum(len(o.prompt_token_ids) for o in rest),
+                "cached_prompt_tokens": sum(o.num_cached_tokens or 0 for o in rest),
                 "generated_tokens": sum(len(o.outputs[0].token_ids) for o in rest)}
         texts = [o.outputs[0].text.strip() for o in outputs]
     del llm
@@ -503,14 +509,14 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
         pipe = run_pipeline(cfg)
         t = pipe["teachers"][teacher.name]
         result = {"stage": rates(pipe["stage_seconds"], t["rows"], t["prompt_tokens"], t["generated_tokens"],
-                                 params, peak),
+                                 params, peak, t["cached_prompt_tokens"]),
                   "manifest_seconds": t["manifest_seconds"], "startup_estimate_s": t.get("startup_estimate_s"),
                   "first_shard_after_s": t["first_shard_after_s"], "shards": t["shards"],
                   "memory": pipe["memory"], "teacher_actor": pipe["teacher_actor"]}
         if "steady" in t:
             s = t["steady"]
             result["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
-                                        params, peak), "first_shard": s["first_shard"]}
+                                        params, peak, s["cached_prompt_tokens"]), "first_shard": s["first_shard"]}
         return result
 
     print(f"[bench] gen {model_key}: pipeline", flush=True)
@@ -524,7 +530,8 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
             continue
         b = bare[label]
         out["bare_vllm"][label] = {"batch_size": b["batch_size"], **rates(
-            b["seconds"], b["problems"], b["prompt_tokens"], b["generated_tokens"], params, peak)}
+            b["seconds"], b["problems"], b["prompt_tokens"], b["generated_tokens"], params, peak,
+            b["cached_prompt_tokens"])}
     def texts_written(cfg) -> dict[str, str]:
         """id -> rationale of what the pipeline wrote for ``cfg``, to compare the other variants' texts with."""
         from tinyllm_ray.layout import RunLayout
@@ -895,7 +902,7 @@ def bench_scale(tmp: Path, quick: bool, peak: float | None) -> dict[str, Any]:
         t = pipe["teachers"]["greedy"]
         out["dataset"].append({"scale": repeat, "problems": t["rows"], "shards": t["shards"],
                                **rates(pipe["stage_seconds"], t["rows"], t["prompt_tokens"], t["generated_tokens"],
-                                       params, peak),
+                                       params, peak, t["cached_prompt_tokens"]),
                                "startup_estimate_s": t.get("startup_estimate_s"), "memory": pipe["memory"]})
     teacher_data = write_problems(tmp / "scale_data_teachers", base, 2 if quick else 10)
     for count in ((1, 2) if quick else (1, 2, 4)):
@@ -906,8 +913,9 @@ def bench_scale(tmp: Path, quick: bool, peak: float | None) -> dict[str, Any]:
         rows = sum(t["rows"] for t in pipe["teachers"].values())
         prompt = sum(t["prompt_tokens"] for t in pipe["teachers"].values())
         gen = sum(t["generated_tokens"] for t in pipe["teachers"].values())
+        cached = sum(t["cached_prompt_tokens"] for t in pipe["teachers"].values())
         out["teachers"].append({"teachers": count, "problems_per_teacher": rows // count,
-                                **rates(pipe["stage_seconds"], rows, prompt, gen, params, peak),
+                                **rates(pipe["stage_seconds"], rows, prompt, gen, params, peak, cached),
                                 "memory": pipe["memory"]})
     out["demo_pool"] = [demo_pool_cost(base * repeat) for repeat in ((1, 10) if quick else (100, 1000, 10000))]
     steps = 3 if quick else 20
@@ -1068,6 +1076,9 @@ def table(results: dict[str, Any]) -> str:
 
     def gen_row(bench, variant, r, notes=""):
         frac = r.get("fraction_of_peak")
+        if r.get("cached_prompt_tokens"):  # not computed, so not in the FLOP/s
+            notes = "; ".join(filter(None, [notes, f"{r['cached_prompt_tokens']}/{r['prompt_tokens']} prompt tokens "
+                                                   "from the prefix cache"]))
         rows.append((bench, variant, fmt(r.get("seconds"), 2), fmt(r.get("gen_tokens_per_s")),
                      fmt(r.get("problems_per_s"), 3), fmt(frac * 100 if frac is not None else None, 2), notes))
 

@@ -169,8 +169,9 @@ class TeacherEngine:
             rows = (self.pool.slice(int(offset), int(count)) if in_pool
                     else read_rows(todo["problems_path"], int(offset), int(count), PROBLEM_SCHEMA))
             problems = rows.to_pylist()
-            table = self.generate(problems, todo, int(offset) if in_pool else None)
+            table, cached = self.generate(problems, todo, int(offset) if in_pool else None)
             stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
+            stats["cached_prompt_tokens"] = cached
             write_table(table, todo["out_dir"] / shard_file(int(shard)), footer={"stats": stats, "node": self.node_id})
             for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
                                ("errors", stats["errors"]),
@@ -179,7 +180,8 @@ class TeacherEngine:
                 summary[key].append(value)
         return summary
 
-    def generate(self, problems: list[dict], todo: dict, pool_offset: int | None) -> pa.Table:
+    def generate(self, problems: list[dict], todo: dict, pool_offset: int | None) -> tuple[pa.Table, int]:
+        """The shard's rows, and how many of their prompt tokens vLLM's prefix cache served (not computed)."""
         demos = demos_from_pool(self.pool, problems, pool_offset, self.demos.num_demos, self.demos.demo_seed,
                                 self.demos.demo_sampler)
         with self.tokenizer_lock:
@@ -196,24 +198,28 @@ class TeacherEngine:
                                 f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
             else:
                 runnable.append((row, {"prompt_token_ids": ids, "prompt": row["prompt"]}))
-        self._generate(runnable, todo["params"])
-        return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA)
+        cached = self._generate(runnable, todo["params"])
+        return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA), cached
 
     def _row(self, problem: dict, prompt: str, sampling_json: str) -> dict:
         return dict(id=problem["id"], dataset=problem["dataset"], teacher=self.teacher.name, model=self.teacher.model,
                     prompt=prompt, rationale="", num_prompt_tokens=0, num_generated_tokens=0, finish_reason="error",
                     sampling_params=sampling_json, error=None)
 
-    def _generate(self, runnable: list[tuple[dict, dict]], params) -> None:
-        """Fill each row from the engine's output for its prompt (a vLLM ``TokensPrompt``)."""
+    def _generate(self, runnable: list[tuple[dict, dict]], params) -> int:
+        """Fill each row from the engine's output for its prompt (a vLLM ``TokensPrompt``); returns the prompt tokens
+        served from the prefix cache."""
         outputs = self.loop.generate([prompt for _, prompt in runnable], params)
+        cached = 0
         for (row, _), output in zip(runnable, outputs):
             if isinstance(output, Exception):
                 row["error"] = f"{type(output).__name__}: {output}"[:2000]
                 continue
+            cached += output.num_cached_tokens or 0
             completion = output.outputs[0]
             row.update(rationale=completion.text.strip(), num_generated_tokens=len(completion.token_ids),
                        finish_reason=str(completion.finish_reason or "stop"))
+        return cached
 
 
 # ---------------------------------------------------------------- the recipe
@@ -419,8 +425,9 @@ def _finish(teacher: TeacherConfig, job: TeacherPass, out_dir: Path, fingerprint
     manifest = write_manifest(
         out_dir, fingerprint=fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
         mode=job.mode, counts=stats, shards=len(shards), nodes=nodes, seconds=round(time.time() - start, 2))
-    log.info("teacher %s: %d %s rows, %d errors, %d tokens in %.1fs", teacher.name, stats["rows"], job.mode,
-             stats["errors"], stats["generated_tokens"], time.time() - start)
+    log.info("teacher %s: %d %s rows, %d errors, %d tokens in %.1fs (prompts %d tokens, %d of them from the prefix "
+             "cache)", teacher.name, stats["rows"], job.mode, stats["errors"], stats["generated_tokens"],
+             time.time() - start, stats.get("prompt_tokens", 0), stats.get("cached_prompt_tokens", 0))
     return manifest
 
 

@@ -46,6 +46,9 @@ def test_run_writes_every_artifact(tiny_run: Path):
         assert all("Let's think step by step." in r["prompt"] and r["teacher"] == teacher for r in rows)
         assert {r["finish_reason"] for r in rows} <= {"length", "stop"}
         assert json.loads(rows[0]["sampling_params"])["max_tokens"] in (16, 12)
+        counts = manifest["counts"]  # token totals: the rows', plus what vLLM's prefix cache served
+        assert counts["prompt_tokens"] == sum(r["num_prompt_tokens"] for r in rows)
+        assert 0 <= counts["cached_prompt_tokens"] <= counts["prompt_tokens"]
     student = read_manifest(tiny_run / "student")
     assert student["optimizer_steps"] == 3 and student["teachers"] == ["tiny_a", "tiny_b"]
     assert student["worker_allocator"] == "jemalloc"  # training.allocator auto, on CPU
@@ -185,3 +188,23 @@ def test_inspect_summarises_run(tiny_run: Path):
     summary = json.loads(result.output)
     assert summary["rationales/tiny_a"]["rows"] == 16 and summary["rationales/tiny_a"]["complete"]
     assert summary["student"]["complete"] and summary["evaluation"]["complete"]
+
+
+def test_fixed_demos_are_served_from_the_prefix_cache(ray_cluster, tmp_path: Path):
+    """prompts.demo_sampler fixed: every prompt opens with the same demonstrations, which vLLM's prefix cache (on by
+    default, on CPU too; it caches whole blocks of 128 tokens there) computes once; the manifest counts the prompt
+    tokens it served."""
+    import yaml
+
+    from tinyllm_ray.config import load_config
+
+    raw = load_config("tiny").model_dump(mode="json")
+    raw["prompts"].update(demo_sampler="fixed", num_demos=4)  # ~180 shared tokens: more than one block
+    raw["teachers"] = raw["teachers"][:1]
+    job = tmp_path / "fixed.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    result = cli("generate", str(job), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    counts = read_manifest(tmp_path / "out" / "rationales" / "tiny_a")["counts"]
+    assert counts["rows"] == 16 and counts["errors"] == 0
+    assert counts["cached_prompt_tokens"] > 0.2 * counts["prompt_tokens"], counts
