@@ -11,7 +11,8 @@ Sections (each one is independent; a failing section is recorded in the JSON and
               engine args / prompts / SamplingParams on a bare in-process ``vllm.LLM``, (c) a plain transformers
               batched ``generate`` loop (left padding, greedy, same max_tokens and stop string).
 * ``train``   student training: the real ``train`` stage (Ray Train, 1 worker, DeepSpeed ZeRO-0 and ZeRO-2) vs a
-              plain single-process PyTorch loop over the same Collator batches, same optimizer and steps.
+              plain single-process PyTorch loop over the same Collator batches, same optimizer and steps, in
+              back-to-back rounds on glibc's allocator and on jemalloc.
 * ``scale``   generation as the dataset grows and as teachers are added; the actor's demo picking as the train
               split grows; training with 1 vs 2 workers.
 * ``driver``  the driver's peak memory validating 200,000 input problems and building their training table.
