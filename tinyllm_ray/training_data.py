@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tinyllm_ray import prompts, quality
 from tinyllm_ray.losses import IGNORE_INDEX
@@ -64,23 +65,46 @@ def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table],
     ``usable``, ``missing``, ``failed`` and one ``dropped_<reason>`` per :data:`quality.DROP_REASONS`
     (a rationale with several flags counts once, under the first reason in that order).
     """
-    # a repeated id keeps its last usable row, as before (sorted is stable: unusable rows first)
-    by_teacher = {name: {r["id"]: r for r in sorted(table.to_pylist(), key=usable_rationale)}
-                  for name, table in rationales.items()}
     counts = {name: dict.fromkeys(COUNT_KEYS, 0) for name in rationales}
+    # Where each problem's row is in each teacher's table: Arrow lookups, so the driver holds Python rows for one
+    # batch of problems at a time, not for every teacher's whole split.
+    tables = {name: _one_row_per_id(table) for name, table in rationales.items()}
+    positions = {name: pc.index_in(problems.column("id"), value_set=table.column("id"))
+                 for name, table in tables.items()}
     schema = training_schema(list(rationales))
     parts = [schema.empty_table()]
+    start = 0
     for batch in problems.to_batches(max_chunksize=BUILD_BATCH):  # Python objects for one batch of problems at a time
+        rows_by_teacher = {name: _rows_at(tables[name], positions[name].slice(start, batch.num_rows))
+                           for name in tables}
+        start += batch.num_rows
         records = []
-        for problem in batch.to_pylist():
+        for i, problem in enumerate(batch.to_pylist()):
             record = {"id": problem["id"], "input": prompts.student_input(problem), "answer": problem["answer"]}
-            for name, rows in by_teacher.items():
-                outcome = _rationale_outcome(rows.get(problem["id"]), problem, rationale_filter)
+            for name, rows in rows_by_teacher.items():
+                outcome = _rationale_outcome(rows[i], problem, rationale_filter)
                 counts[name][outcome] += 1
-                record[f"rationale__{name}"] = rows[problem["id"]]["rationale"].strip() if outcome == "usable" else None
+                record[f"rationale__{name}"] = rows[i]["rationale"].strip() if outcome == "usable" else None
             records.append(record)
         parts.append(pa.Table.from_pylist(records, schema=schema))
     return pa.concat_tables(parts), counts
+
+
+def _one_row_per_id(table: pa.Table) -> pa.Table:
+    """A teacher's rows with each id once. Written shards hold each id once; a repeated id (files edited or merged
+    by hand) keeps its last usable row, or else its last row."""
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return table
+    best: dict[str, tuple[bool, int]] = {}
+    for index, row in enumerate(table.to_pylist()):
+        best[row["id"]] = max(best.get(row["id"], (False, -1)), (usable_rationale(row), index))
+    return table.take(sorted(index for _, index in best.values()))
+
+
+def _rows_at(table: pa.Table, positions: pa.Array) -> list[dict[str, Any] | None]:
+    """The rows at ``positions`` (None where a position is null: the teacher has no row for that problem)."""
+    rows = table.take(positions).to_pylist()
+    return [row if position.is_valid else None for row, position in zip(rows, positions)]
 
 
 def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any], rationale_filter: Any) -> str:

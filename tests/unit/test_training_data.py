@@ -135,6 +135,21 @@ def test_build_training_table_reads_only_its_columns_and_batches_problems(monkey
     assert table.column("rationale__a").null_count == 2 and counts["a"]["dropped_truncated"] == 2  # finish_reason read
 
 
+def test_repeated_id_keeps_its_last_usable_row_else_its_last_row():
+    """Written shards hold each id once; hand-merged files may not. Problems and rationales in several chunks."""
+    problems = pa.concat_tables([pa.Table.from_pylist(PROBLEMS[:1], schema=PROBLEM_SCHEMA),
+                                 pa.Table.from_pylist(PROBLEMS[1:], schema=PROBLEM_SCHEMA)])
+    rationales = pa.concat_tables([
+        rationale_rows("a", [("p1", "first good", None), ("p2", "", None), ("p1", "failed", "boom")]),
+        rationale_rows("a", [("p1", "second good", None), ("p1", " ", None), ("p2", "late failure", "boom")]),
+    ])
+    table, counts = build_training_table(problems, {"a": rationales})
+    assert table.column("rationale__a").to_pylist() == ["second good", None, None]
+    assert counts["a"]["usable"] == 1 and counts["a"]["failed"] == 1 and counts["a"]["missing"] == 1
+    empty, counts = build_training_table(problems, {"a": rationale_rows("a", [])})
+    assert empty.column("rationale__a").null_count == 3 and counts["a"]["missing"] == 3
+
+
 def filtered_rows(teacher: str) -> pa.Table:
     """p1 contradicts (names (b), gold is (a)); p2 is truncated and degenerate; p3 is short but fine."""
     loop = "gills take oxygen from water. " * 6
