@@ -213,7 +213,8 @@ def rates(seconds: float, problems: int, prompt_tokens: int, gen_tokens: int, pa
     seconds = max(seconds, 1e-9)
     flops = 2 * params * (prompt_tokens - cached_tokens + gen_tokens) / seconds
     return {"seconds": round(seconds, 2), "problems": problems, "prompt_tokens": prompt_tokens,
-            "cached_prompt_tokens": cached_tokens, "generated_tokens": gen_tokens, "gen_tokens_per_s": round(gen_tokens / seconds, 1),
+            "cached_prompt_tokens": cached_tokens, "generated_tokens": gen_tokens,
+            "gen_tokens_per_s": round(gen_tokens / seconds, 1),
             "problems_per_s": round(problems / seconds, 3), "gflops": round(flops / 1e9, 2),
             "fraction_of_peak": round(flops / (peak_gflops * 1e9), 4) if peak_gflops else None}
 
@@ -358,7 +359,8 @@ def run_pipeline(config) -> dict[str, Any]:
         counts = manifest["counts"]
         entry = {"manifest_seconds": manifest["seconds"], "rows": counts["rows"], "errors": counts["errors"],
                  "prompt_tokens": counts["prompt_tokens"], "generated_tokens": counts["generated_tokens"],
-                 "cached_prompt_tokens": counts.get("cached_prompt_tokens", 0), "shards": len(info), "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
+                 "cached_prompt_tokens": counts.get("cached_prompt_tokens", 0), "shards": len(info),
+                 "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
         skip = teacher.resources.shards_in_flight
         if len(info) > skip and teacher.resources.concurrency == 1:
             # One actor works on `skip` shards at once, so the first `skip` finish close together. Steady state is
@@ -796,8 +798,8 @@ def run_plain_loop_process(config, steps: int, threads: int, allocator: str) -> 
     spec.write_text(config.model_dump_json())
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     env.update(allocator_env(allocator, on_gpu=False))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--plain-loop", str(spec), str(steps), str(threads)],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.run", "--plain-loop", str(spec), str(steps), str(threads)]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     shutil.rmtree(spec.parent, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"plain loop process failed:\n{proc.stderr[-3000:]}")
@@ -841,7 +843,8 @@ def bench_train(model_key: str, tmp: Path, quick: bool) -> dict[str, Any]:
 
     def plain(threads: int, allocator: str) -> dict[str, Any]:
         waited = wait_quiet()
-        print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s), {allocator} allocator", flush=True)
+        print(f"[bench] train {model_key}: plain PyTorch loop, {threads} thread(s), {allocator} allocator",
+              flush=True)
         return {**run_plain_loop_process(config, steps, threads, allocator), "allocator": allocator,
                 "waited_for_quiet_s": waited}
 
