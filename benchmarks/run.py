@@ -809,10 +809,11 @@ def run_plain_loop_process(config, steps: int, threads: int, allocator: str) -> 
 def plain_loop_child(spec: str, steps: str, threads: str) -> int:
     """``--plain-loop``: run the plain loop on a saved job config and print its result (and allocator) as JSON."""
     from tinyllm_ray.config import JobConfig
+    from tinyllm_ray.runtime import allocator_in_use
 
     config = JobConfig.model_validate_json(Path(spec).read_text())
     result = run_plain_loop(config, int(steps), int(threads))
-    result["jemalloc_loaded"] = "jemalloc" in Path("/proc/self/maps").read_text()
+    result["jemalloc_loaded"] = allocator_in_use() == "jemalloc"
     print(json.dumps(result))
     return 0
 

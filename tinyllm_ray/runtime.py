@@ -82,6 +82,15 @@ def allocator_env(allocator: str, on_gpu: bool) -> dict[str, str]:
     return {"LD_PRELOAD": str(path), "MALLOC_CONF": os.environ.get("MALLOC_CONF", JEMALLOC_CONF)}
 
 
+def allocator_in_use() -> str:
+    """``jemalloc`` when this process runs with it preloaded (see :func:`allocator_env`), else ``system``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "jemalloc" if "libjemalloc" in maps.read() else "system"
+    except OSError:  # no /proc: not Linux
+        return "system"
+
+
 def teacher_env(on_gpu: bool, allocator: str = "auto") -> dict[str, str]:
     """Settings for a teacher actor: on CPU the engine runs in-process (start ~5 s instead of ~20 s) and oneDNN's
     kernel cache is bounded (a value in the driver's environment wins); the allocator (``engine.allocator``)."""

@@ -73,6 +73,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
     from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
+    from tinyllm_ray.runtime import allocator_in_use
     from tinyllm_ray.training_data import Collator, Task
 
     resume = _read_resume_state(ray.train.get_checkpoint())
@@ -86,7 +87,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     worker_nodes = _gather_node_ids()
-    allocator = _allocator_in_use()
+    allocator = allocator_in_use()
     ds_config = cfg["deepspeed"]
     accumulation = ds_config["gradient_accumulation_steps"]
     seq2seq = cfg["seq2seq"]
@@ -191,15 +192,6 @@ def skip_single_rank_allreduce(engine) -> bool:
         engine.enable_backward_allreduce = False
         return True
     return False
-
-
-def _allocator_in_use() -> str:
-    """``jemalloc`` when this worker runs with it preloaded (``training.allocator``), else ``system``."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return "jemalloc" if "libjemalloc" in maps.read() else "system"
-    except OSError:  # no /proc: not Linux
-        return "system"
 
 
 def _logits(engine, batch: dict[str, Any], seq2seq: bool):
