@@ -26,6 +26,7 @@ Failure handling (Ray 2.60, Train V2):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -102,7 +103,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     warmup = cfg["warmup_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    skip_single_rank_allreduce(engine)
+    skip_single_rank_collectives(engine)
     micro_steps, tokens, seconds_before = 0, 0, 0.0
     resumed_from = None
     if resume is not None:
@@ -173,16 +174,23 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     _export(engine, tokenizer, rank, final)
 
 
-def skip_single_rank_allreduce(engine) -> bool:
-    """Switch off DeepSpeed's gradient all-reduce where it is an identity: ZeRO-0, one data-parallel rank, and the
-    client torch optimizer unwrapped (fp32). Returns whether it did.
+def skip_single_rank_collectives(engine) -> bool:
+    """Switch off DeepSpeed's collectives where they are identities: ZeRO-0, one data-parallel rank, and the client
+    torch optimizer unwrapped (fp32). Returns whether it did.
 
-    DeepSpeed still "all-reduces" every step with one rank: it flattens every gradient into a new buffer the size of
-    the model, scales it by 1/1, runs a one-rank collective and copies it back into each ``.grad`` (measured on a
-    2-core CPU with SmolLM2-135M: ~0.6 s a step, ~130k page faults from the fresh 540 MB buffer). ZeRO-1/2/3 and the
-    fp16/bf16 optimizer wrappers keep it: their partition / master-gradient bookkeeping runs in that call. With one
-    rank the only other effect is gone too: DeepSpeed zero-fills the ``.grad`` of parameters the step did not reach,
-    which AdamW would then decay; they now keep ``None`` and AdamW skips them, as in a plain PyTorch loop.
+    DeepSpeed still "all-reduces" every step with one rank:
+
+    * the gradients: it flattens every gradient into a new buffer the size of the model, scales it by 1/1, runs a
+      one-rank collective and copies it back into each ``.grad`` (SmolLM2-135M on a 2-core CPU: ~0.6 s a step, ~130k
+      page faults from the fresh 540 MB buffer). With one rank its only other effect goes too: DeepSpeed zero-fills
+      the ``.grad`` of parameters the step did not reach, which AdamW would then decay; they now keep ``None`` and
+      AdamW skips them, as in a plain PyTorch loop.
+    * the gradient norm for clipping, averaged over the data-parallel group: a gloo collective per step, which
+      hands the tensor to the process group's thread and waits for it. :func:`_clip_gradients` does the same
+      arithmetic without it (tiny student, 2 cores: ~0.5 ms, ~1.5 % of a step, interleaved in one worker).
+
+    ZeRO-1/2/3 and the fp16/bf16 optimizer wrappers keep both: their partition / master-gradient bookkeeping runs in
+    those calls, and their clipping is their own.
     """
     from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer
 
@@ -190,8 +198,24 @@ def skip_single_rank_allreduce(engine) -> bool:
             and getattr(engine, "seq_dp_world_size", 1) == 1 and getattr(engine, "mp_world_size", 1) == 1
             and not isinstance(engine.optimizer, DeepSpeedOptimizer)):
         engine.enable_backward_allreduce = False
+        engine.clip_fp32_gradients = functools.partial(_clip_gradients, engine)
         return True
     return False
+
+
+def _clip_gradients(engine) -> None:
+    """DeepSpeed's fp32 clipping (``runtime.utils.clip_grad_norm_``, L2 norm) for one rank: the same arithmetic in
+    the same order, without the all-reduce, so training stays bit-identical."""
+    import torch
+
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    total_norm = torch.stack([g.detach().float().norm(2.0) for g in grads]).pow(2.0).sum().float().pow(1.0 / 2.0)
+    clip_coef = torch.tensor([float(engine.gradient_clipping())]) / (total_norm + 1e-6)
+    clip_coef = torch.min(torch.tensor([1.0]), clip_coef)
+    for grad in grads:
+        grad.mul_(clip_coef)
 
 
 def _logits(engine, batch: dict[str, Any], seq2seq: bool):

@@ -1,5 +1,6 @@
-"""The one-rank all-reduce skip: when it applies, and that it leaves training bit-identical (a real DeepSpeed engine,
-world size 1, gloo, on a small torch model in this process)."""
+"""The one-rank collectives skip (gradient all-reduce, clipping norm): when it applies, and that it leaves training
+bit-identical with no collective left (a real DeepSpeed engine, world size 1, gloo, on a small torch model in this
+process)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinyllm_ray.train import skip_single_rank_allreduce
+from tinyllm_ray.train import skip_single_rank_collectives
 
 
 def fake_engine(stage=0, dp=1, optimizer=None):
@@ -22,10 +23,10 @@ def test_skip_applies_only_to_zero0_one_rank_plain_optimizer():
     from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer
 
     engine = fake_engine()
-    assert skip_single_rank_allreduce(engine) and engine.enable_backward_allreduce is False
+    assert skip_single_rank_collectives(engine) and engine.enable_backward_allreduce is False
     for engine in (fake_engine(stage=1), fake_engine(stage=2), fake_engine(stage=3), fake_engine(dp=2),
                    fake_engine(optimizer=DeepSpeedOptimizer())):
-        assert not skip_single_rank_allreduce(engine)
+        assert not skip_single_rank_collectives(engine)
         assert engine.enable_backward_allreduce is True
 
 
@@ -59,7 +60,7 @@ def _train(skip: bool, steps: int = 3):
               "gradient_clipping": 1.0, "zero_optimization": {"stage": 0}, "zero_allow_untested_optimizer": True,
               "steps_per_print": 10**9}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    assert skip_single_rank_allreduce(engine) if skip else engine.enable_backward_allreduce
+    assert skip_single_rank_collectives(engine) if skip else engine.enable_backward_allreduce
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps * 2):  # two micro-batches per optimiser step
         x = torch.randn(2, 16, generator=generator)
@@ -70,8 +71,17 @@ def _train(skip: bool, steps: int = 3):
     return [p.detach().clone() for p in engine.module.parameters()]
 
 
-def test_skipping_the_one_rank_allreduce_trains_identically(one_rank_group):
+def test_skipping_the_one_rank_collectives_trains_identically(one_rank_group, monkeypatch):
+    import torch.distributed as dist
+
     assert os.environ["WORLD_SIZE"] == "1"
-    reference, skipped = _train(skip=False), _train(skip=True)
+    calls = []
+    all_reduce = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: calls.append(1) or all_reduce(*a, **k))
+    reference = _train(skip=False)
+    assert calls, "DeepSpeed all-reduces with one rank unless skipped"
+    calls.clear()
+    skipped = _train(skip=True)
+    assert not calls
     for a, b in zip(reference, skipped):
         assert a.equal(b)
