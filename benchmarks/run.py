@@ -600,12 +600,16 @@ def make_timed_loop(log_path: str):
             handle.write(_json.dumps({"t": _time.time(), **fields}) + "\n")
             handle.flush()
 
+        def preempted():  # involuntary context switches of this (the training) thread so far
+            with open("/proc/thread-self/status") as status:
+                return int(status.read().split("nonvoluntary_ctxt_switches:")[1].split()[0])
+
         note(event="enter", torch_threads=torch.get_num_threads())
         original_step, original_grouped = DeepSpeedEngine.step, Collator.grouped
 
         def step(self, *args, **kwargs):
             result = original_step(self, *args, **kwargs)
-            note(event="step", tokens=tokens[0])
+            note(event="step", tokens=tokens[0], preempted=preempted())
             return result
 
         def grouped(self, *args, **kwargs):
@@ -660,6 +664,9 @@ def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
             rank["steady_tokens"] = steps[-1]["tokens"] - steps[0]["tokens"]
             rank["step_seconds"] = [round(b["t"] - a["t"], 3) for a, b in zip(steps, steps[1:])]
             rank["median_step_s"] = round(statistics.median(rank["step_seconds"]), 3)
+            if "preempted" in steps[0]:
+                rank["preemptions_per_step"] = round((steps[-1]["preempted"] - steps[0]["preempted"])
+                                                     / rank["steady_steps"], 2)
         per_rank.append(rank)
     out: dict[str, Any] = {"stage_seconds": round(total, 2), "workers": config.training.num_workers,
                            "optimizer_steps": manifest.get("optimizer_steps"), "memory": mem.result(),
@@ -671,6 +678,7 @@ def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
         out["steady_step_s"] = round(seconds / per_rank[0]["steady_steps"], 3)
         out["median_step_s"] = per_rank[0]["median_step_s"]
         out["startup_to_first_step_s"] = per_rank[0]["first_step_after_s"]
+        out["preemptions_per_step"] = per_rank[0].get("preemptions_per_step")
     return out
 
 
@@ -751,8 +759,10 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
                            config.student.max_target_tokens)
         weights = torch.tensor([t.weight for t in tasks])
         startup = time.time() - t0
-        times, tokens = [], []
+        times, tokens, preempted = [], [], []
         for raw in (batches * (steps // max(len(batches), 1) + 1))[:steps]:
+            with open("/proc/thread-self/status") as status:  # as the Train worker's timed loop counts them
+                preempted.append(int(status.read().split("nonvoluntary_ctxt_switches:")[1].split()[0]))
             t = time.time()
             groups = collate.grouped(raw, training.length_groups)  # the same length-grouped batches as train()
             losses = [per_sequence_loss(model(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits,
@@ -775,6 +785,7 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
         out["steady_tokens_per_s"] = round(sum(tokens[1:]) / sum(times[1:]), 1)
         out["steady_step_s"] = round(sum(times[1:]) / (len(times) - 1), 3)
         out["median_step_s"] = round(statistics.median(times[1:]), 3)
+        out["preemptions_per_step"] = round((preempted[-1] - preempted[1]) / (len(times) - 2), 2)
     return out
 
 
@@ -1143,7 +1154,8 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"train {key}", "ERROR", "", "", "", "", t["error"].splitlines()[-1][:80]))
             continue
         def train_row(label: str, d: dict[str, Any], note: str) -> None:
-            step = f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')})"
+            step = (f"step {d.get('steady_step_s')} s (median {d.get('median_step_s')}), "
+                    f"{d.get('preemptions_per_step')} preemptions/step")
             rows.append((f"train {key}", label, fmt(d["stage_seconds"], 2) if "stage_seconds" in d else "",
                          fmt(d.get("steady_tokens_per_s")) + " train tok/s", "", "", f"{step}, {note}"))
 

@@ -44,8 +44,17 @@ def test_numeric_keeps_scalars_only():
 def test_tensorboard_sink_writes_scalars(tmp_path):
     sink = TensorBoardSink(tmp_path)
     sink.log({"loss": 2.5, "loss/answer": 1.0, "final": True}, step=3)
+    sink.log({"loss": 1.5}, step=4)
+    assert read_tensorboard_scalars(tmp_path) == {}, "buffered until the flush interval or close"
     sink.close()
-    assert read_tensorboard_scalars(tmp_path) == {("loss", 3): 2.5, ("loss/answer", 3): 1.0}
+    assert read_tensorboard_scalars(tmp_path) == {("loss", 3): 2.5, ("loss/answer", 3): 1.0, ("loss", 4): 1.5}
+
+
+def test_tensorboard_sink_flushes_on_its_interval(tmp_path):
+    sink = TensorBoardSink(tmp_path, flush_seconds=0)
+    sink.log({"loss": 2.5}, step=1)
+    assert read_tensorboard_scalars(tmp_path) == {("loss", 1): 2.5}
+    sink.close()
 
 
 def test_open_sinks_follows_config(tmp_path, monkeypatch):
