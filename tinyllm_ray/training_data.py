@@ -7,7 +7,7 @@ One training row per problem holds the student input, the gold answer and one ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,15 @@ def _rationale_outcome(row: Mapping[str, Any] | None, problem: Mapping[str, Any]
     reason = quality.drop_reason(row["rationale"], row.get("finish_reason") or "", int(problem["answer_index"]),
                                  list(problem["choices"]), rationale_filter)
     return "usable" if reason is None else f"dropped_{reason}"
+
+
+def micro_batches(batches: Iterable[Mapping[str, Sequence[Any]]], size: int) -> Iterator[dict[str, Sequence[Any]]]:
+    """Split column batches (every one but the last a multiple of ``size`` rows long) into micro-batches of ``size``
+    rows, in order, dropping a last partial one: what ``iter_batches(batch_size=size, drop_last=True)`` yields."""
+    for batch in batches:
+        rows = len(next(iter(batch.values()), ()))
+        for start in range(0, rows - size + 1, size):
+            yield {key: column[start:start + size] for key, column in batch.items()}
 
 
 class Collator:

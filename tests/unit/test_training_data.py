@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from tinyllm_ray import prompts
 from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, training_schema
-from tinyllm_ray.training_data import Collator, build_training_table, tasks_for, usable_rationale
+from tinyllm_ray.training_data import Collator, build_training_table, micro_batches, tasks_for, usable_rationale
 
 PROBLEMS = [
     {"id": "p1", "dataset": "demo", "split": "train", "question": "What melts ice?",
@@ -410,3 +410,15 @@ def test_grouped_loss_equals_one_batch_loss(tokenizer):
     one = loss_of([collator(batch_of(ROWS))])
     grouped = loss_of(collator.grouped(batch_of(ROWS), max_groups=3))
     assert torch.allclose(one, grouped, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,size,per_pull", [(0, 2, 8), (7, 2, 8), (16, 2, 8), (17, 2, 8), (33, 4, 8), (5, 1, 3),
+                                                (9, 3, 1)])
+def test_micro_batches_match_pulling_one_micro_batch_at_a_time(rows, size, per_pull):
+    """What train() pulls (``size * per_pull`` rows at a time, last pull partial) splits into exactly the micro-batches
+    ``iter_batches(batch_size=size, drop_last=True)`` would have handed out, in order."""
+    ids, texts = list(range(rows)), [f"t{i}" for i in range(rows)]
+    step = size * per_pull
+    pulls = [{"id": ids[i:i + step], "text": texts[i:i + step]} for i in range(0, rows, step)]
+    expected = [{"id": ids[i:i + size], "text": texts[i:i + size]} for i in range(0, rows - size + 1, size)]
+    assert list(micro_batches(pulls, size)) == expected
