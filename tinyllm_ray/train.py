@@ -192,7 +192,7 @@ def skip_single_rank_collectives(engine) -> bool:
       AdamW skips them, as in a plain PyTorch loop.
     * the gradient norm for clipping, averaged over the data-parallel group: a gloo collective per step, which
       hands the tensor to the process group's thread and waits for it. :func:`_clip_gradients` does the same
-      arithmetic without it (tiny student, 2 cores: ~0.5 ms, ~1.5 % of a step, interleaved in one worker).
+      arithmetic without it (tiny student, 2 cores: ~0.3 ms, ~1 % of a step, interleaved in one worker).
 
     ZeRO-1/2/3 and the fp16/bf16 optimizer wrappers keep both: their partition / master-gradient bookkeeping runs in
     those calls, and their clipping is their own.

@@ -1,0 +1,182 @@
+"""Where a Ray Train + DeepSpeed step spends its time beyond a plain PyTorch step, free of this VM's drift.
+
+    python -m benchmarks.train_breakdown [--model tiny|smollm2] [--per-variant N] [--out FILE]
+
+Runs the real ``train`` stage (1 worker, ZeRO-0, the product's allocator) with its loop replaced by one that
+interleaves, step by step, in ONE Train worker:
+
+* ``deepspeed_raydata``   the student under DeepSpeed, after pulling a micro-batch from the Ray Data shard (as the
+                          shipped loop does every step)
+* ``plain_memory``        a second copy of the student with torch AdamW and ``clip_grad_norm_`` (a plain loop)
+* ``deepspeed_memory``    DeepSpeed, no pull
+* ``plain_raydata``       plain, after a pull
+* ``deepspeed_memory_sink`` / ``deepspeed_raydata_sink``  the same, logging the step to the metrics sinks
+
+Every variant of a cycle trains on the same micro-batch (the pulled one is discarded), so their step times differ
+only by what the variant adds; the ratio to ``plain_memory`` is taken within each cycle. The sequential benchmark
+(``benchmarks.run --only train``) compares separate runs minutes apart, which this VM's drift (tens of percent)
+blurs for a student whose steps take ~30 ms. Pulls come every 1-3 steps here, not every step: Ray Data's share of
+the shipped loop is at least the ``_raydata`` figures. Nothing asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import run as bench
+
+VARIANTS = ("deepspeed_raydata", "plain_memory", "deepspeed_memory", "plain_raydata", "deepspeed_memory_sink",
+            "deepspeed_raydata_sink")
+PHASES = ("pull", "collate", "forward", "backward", "step")
+
+
+def make_loop(out_path: str, per_variant: int):
+    """The replacement ``train_loop_per_worker`` (a closure: cloudpickle ships it by value to the worker)."""
+
+    def breakdown_loop(cfg):
+        import copy
+        import time
+
+        import deepspeed
+        import ray.train
+        import torch
+        from transformers import AutoTokenizer
+
+        import tinyllm_ray.train as train_module
+        from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
+        from tinyllm_ray.training_data import Collator, Task
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed()
+        ds_config = cfg["deepspeed"]
+        torch.manual_seed(cfg["seed"])
+        model = train_module._load_model(cfg["model_path"], False)
+        plain_model = copy.deepcopy(model)
+
+        def optimizer_for(module):
+            optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["learning_rate"],
+                                          weight_decay=cfg["weight_decay"])
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+        optimizer, scheduler = optimizer_for(model)
+        plain_optimizer, plain_scheduler = optimizer_for(plain_model)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+        train_module.skip_single_rank_collectives(engine)
+        tasks = [Task(**t) for t in cfg["tasks"]]
+        weights = torch.tensor([t.weight for t in tasks])
+        collate = Collator(AutoTokenizer.from_pretrained(cfg["model_path"]), tasks, False, cfg["max_input_tokens"],
+                           cfg["max_target_tokens"])
+        shard = ray.train.get_dataset_shard("train")
+        micro_batch = ds_config["train_micro_batch_size_per_gpu"]
+
+        def epoch():
+            return iter(shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True))
+
+        in_memory = [batch for _, batch in zip(range(200), epoch())]
+        stream = [epoch()]
+
+        def pull():
+            try:
+                next(stream[0])
+            except StopIteration:
+                stream[0] = epoch()
+                next(stream[0])
+
+        sinks = train_module._open_rank0_sinks(cfg)
+        times = {v: [] for v in VARIANTS}
+        phases = {v: {p: [] for p in PHASES} for v in VARIANTS}
+        for index in range((per_variant + 1) * len(VARIANTS)):  # the first cycle warms up
+            variant = VARIANTS[index % len(VARIANTS)]
+            raw = in_memory[(index // len(VARIANTS)) % len(in_memory)]
+            marks = [time.perf_counter()]
+            if "raydata" in variant:
+                pull()
+            marks.append(time.perf_counter())
+            groups = collate.grouped({k: list(v) for k, v in raw.items()}, cfg["length_groups"])
+            marks.append(time.perf_counter())
+            forward = engine if variant.startswith("deepspeed") else plain_model
+            losses = [per_sequence_loss(forward(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits,
+                                        g["labels"], shift=True) for g in groups]
+            loss, per_task = multi_task_loss(torch.cat(losses), torch.cat([g["task_ids"] for g in groups]), weights)
+            marks.append(time.perf_counter())
+            if variant.startswith("deepspeed"):
+                engine.backward(loss)
+                marks.append(time.perf_counter())
+                engine.step()
+            else:
+                loss.backward()
+                marks.append(time.perf_counter())
+                torch.nn.utils.clip_grad_norm_(plain_model.parameters(), 1.0)
+                plain_optimizer.step()
+                plain_scheduler.step()
+                plain_optimizer.zero_grad(set_to_none=True)
+            if variant.endswith("sink"):
+                sinks.log({"loss": float(loss.detach()), **{f"loss/{tasks[t].name}": float(v)
+                                                           for t, v in per_task.items()}}, step=index)
+            marks.append(time.perf_counter())
+            if index >= len(VARIANTS):
+                times[variant].append(marks[-1] - marks[0])
+                for name, start, end in zip(PHASES, marks, marks[1:]):
+                    phases[variant][name].append(end - start)
+        sinks.close()
+        Path(out_path).write_text(json.dumps({"times": times, "phases": phases}))
+
+    return breakdown_loop
+
+
+def summarise(raw: dict) -> dict:
+    times, base = raw["times"], raw["times"]["plain_memory"]
+    out = {}
+    for variant in VARIANTS:
+        steps = times[variant]
+        out[variant] = {
+            "median_step_ms": round(1000 * statistics.median(steps), 2),
+            "vs_plain_memory_per_cycle": round(statistics.median(a / b for a, b in zip(steps, base)) - 1, 3),
+            "phase_median_ms": {p: round(1000 * statistics.median(v), 2) for p, v in raw["phases"][variant].items()},
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(bench.MODELS), default="tiny")
+    parser.add_argument("--per-variant", type=int, default=120, help="steps timed per variant")
+    parser.add_argument("--out", type=Path, default=bench.REPO / "benchmarks" / "out" / "train_breakdown.json")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="tinyllm-breakdown-"))
+    bench.set_env(tmp)
+    import tinyllm_ray.train as train_module
+
+    mb = 2 if args.model == "smollm2" else 4
+    config = bench.gen_for_training(args.model, tmp, False, {"num_workers": 1, "micro_batch_size": mb,
+                                                             "max_steps": 100_000, "zero_stage": 0}, "train")
+    raw_path = tmp / "breakdown.json"
+    original = train_module.train_loop_per_worker
+    train_module.train_loop_per_worker = make_loop(str(raw_path), args.per_variant)
+    try:
+        train_module.train(config, force=True)
+    except train_module.TrainingError:
+        pass  # the replacement loop exports no student: train() says so after the worker finished
+    finally:
+        train_module.train_loop_per_worker = original
+    result = {"model": config.student.model, "micro_batch_size": mb, "per_variant": args.per_variant,
+              "machine": bench.machine_info(), "variants": summarise(json.loads(raw_path.read_text()))}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"| variant | median step ms | vs plain_memory (per cycle) | {' | '.join(PHASES)} |")
+    print("|---|---|---|" + "---|" * len(PHASES))
+    for variant, r in result["variants"].items():
+        print(f"| {variant} | {r['median_step_ms']} | {r['vs_plain_memory_per_cycle']:+.1%} | "
+              + " | ".join(str(r["phase_median_ms"][p]) for p in PHASES) + " |")
+    print(f"[breakdown] JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
