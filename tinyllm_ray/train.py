@@ -217,8 +217,9 @@ def _clip_gradients(engine) -> None:
     if not grads:
         return
     total_norm = torch.stack([g.detach().float().norm(2.0) for g in grads]).pow(2.0).sum().float().pow(1.0 / 2.0)
-    clip_coef = torch.tensor([float(engine.gradient_clipping())]) / (total_norm + 1e-6)
-    clip_coef = torch.min(torch.tensor([1.0]), clip_coef)
+    device = total_norm.device  # the gradients' (a GPU worker's too)
+    clip_coef = torch.tensor([float(engine.gradient_clipping())], device=device) / (total_norm + 1e-6)
+    clip_coef = torch.min(torch.tensor([1.0], device=device), clip_coef)
     for grad in grads:
         grad.mul_(clip_coef)
 
