@@ -5,6 +5,12 @@ running an ever smaller batch while the shard's longest answers finish, then idl
 rendered. With several shards in flight per actor (Ray Data runs that many calls at once in the actor's threads),
 each call hands its prompts to this loop and blocks; the next shard's requests join the running batch as soon as
 they are added. Glue only: vLLM's offline ``LLM.enqueue`` and ``LLMEngine.step``.
+
+The loop's thread also builds the engine. On CPU, PyTorch's OpenMP runtime (libgomp) keeps a pool of worker threads
+for each thread that runs parallel work; an engine built in the actor's main thread and stepped in another leaves
+two pools, so more OpenMP threads than cores, and libgomp then stops spinning between parallel regions: every one
+of a step's many small regions had to wake a sleeping worker (tiny model in a Ray actor: ~1,500 worker wake-ups a
+second, against ~6 with one pool).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -38,21 +44,27 @@ class _Call:
 
 
 class EngineLoop:
-    """Owns the stepping of ``llm`` (a ``vllm.LLM``): only this loop's thread touches the engine.
+    """Builds ``llm`` (a ``vllm.LLM``) with ``make_llm`` and owns its stepping: only this loop's thread touches the
+    engine. The constructor returns once the engine is built and raises what building it raised.
 
     ``add_lock`` guards request rendering (tokenisation) when callers use the same tokenizer in their own threads;
     a fast tokenizer used from two threads at once can fail with "Already borrowed".
     """
 
-    def __init__(self, llm: Any, add_lock: AbstractContextManager | None = None):
-        self.llm = llm
+    def __init__(self, make_llm: Callable[[], Any], add_lock: AbstractContextManager | None = None):
+        self.llm: Any = None
         self._add_lock = add_lock or nullcontext()
         self._wakeup = threading.Condition()
         self._inbox: list[_Call] = []
         self._running: dict[str, tuple[_Call, int]] = {}
         self._dead: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
+        built = threading.Event()
+        self._thread = threading.Thread(target=self._build_and_loop, args=(make_llm, built), name="vllm-engine-loop",
+                                        daemon=True)
         self._thread.start()
+        built.wait()
+        if self.llm is None:
+            raise self._dead or RuntimeError("the vLLM engine was not built")
 
     def generate(self, prompts: list[Any], params: Any) -> list[Any]:
         """Outputs in prompt order: a ``RequestOutput`` per prompt, or the exception that rejected that prompt (e.g.
@@ -69,6 +81,16 @@ class EngineLoop:
         if call.failure is not None:
             raise call.failure
         return call.results
+
+    def _build_and_loop(self, make_llm: Callable[[], Any], built: threading.Event) -> None:
+        try:
+            self.llm = make_llm()
+        except BaseException as err:  # noqa: BLE001 - handed to the constructor, which raises it
+            self._dead = err
+            return
+        finally:
+            built.set()
+        self._loop()
 
     def _loop(self) -> None:
         engine = self.llm.llm_engine

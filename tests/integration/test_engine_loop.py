@@ -26,7 +26,7 @@ def _shared_engine_vs_generate() -> dict:
     shards = [[f"question {s}.{i}: which option is right?" * (1 + i % 3) for i in range(5)] for s in range(4)]
     expected = [[o.outputs[0].token_ids for o in llm.generate(shard, params, use_tqdm=False)] for shard in shards]
 
-    loop = EngineLoop(llm, add_lock=threading.Lock())
+    loop = EngineLoop(lambda: llm, add_lock=threading.Lock())
     got: dict[int, list] = {}
 
     def call(index: int) -> None:
