@@ -561,6 +561,14 @@ def bench_gen(model_key: str, tmp: Path, quick: bool, peak: float | None, hf_sub
         # drift (its speed changes by tens of percent between runs), as the training section does
         print(f"[bench] gen {model_key}: pipeline again (bracketing the bare engine)", flush=True)
         out["pipeline_after"] = pipeline()
+        if (os.cpu_count() or 1) > 1:
+            # one engine thread fewer than cores: the actor's own work (rendering, tokenising, Parquet writes, Ray)
+            # and the driver's then have a core the engine's OpenMP team does not wait on
+            print(f"[bench] gen {model_key}: pipeline, one core left to the actor's own work", flush=True)
+            threads = (os.cpu_count() or 1) - 1
+            fewer = job_config(tmp / f"gen_{model_key}_threads", model_key, data,
+                               [teacher_spec(model_key, "greedy", batch, cpus=threads)])
+            out["pipeline_core_free"] = {"engine_threads": threads, **pipeline(fewer)}
         # prompts.demo_sampler "fixed": every prompt starts with the same demonstrations, which vLLM's prefix cache
         # computes once; transformers runs the same prompts (its own folder: the rationales' fingerprint differs)
         fixed = job_config(tmp / f"gen_{model_key}_fixed", model_key, data, [teacher.model_dump(mode="json")],
@@ -1112,6 +1120,12 @@ def table(results: dict[str, Any]) -> str:
         after = g.get("pipeline_after", {})
         if "steady" in after:
             gen_row(f"gen {key}", "pipeline steady, run again last", after["steady"], "after bare and transformers")
+        free = g.get("pipeline_core_free", {})
+        if "steady" in free:
+            gen_row(f"gen {key}", f"pipeline steady, {free['engine_threads']} engine thread(s)", free["steady"],
+                    f"num_cpus_per_actor {free['engine_threads']}: one core left to the rest; "
+                    + (f"{free['steady']['gen_tokens_per_s'] / max(after['steady']['gen_tokens_per_s'], 1e-9):.2f}x "
+                       "the run before" if "steady" in after else ""))
         b = g["bare_vllm"]
         gen_row(f"gen {key}", "bare vLLM (shard batches)", b["shard_batches"],
                 f"init {b['engine_init_seconds']} s, {b['torch_threads']} torch thr, "
