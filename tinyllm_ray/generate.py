@@ -133,8 +133,7 @@ class TeacherEngine:
             kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
         self.tokenizer_lock = threading.Lock()  # calls render in their own threads; the engine loop tokenises too
         self.loop = EngineLoop(lambda: LLM(**kwargs), add_lock=self.tokenizer_lock)  # built in the loop's thread
-        self.llm = self.loop.llm
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = self.loop.llm.get_tokenizer()
         self.passes = [dict(p, out_dir=Path(p["out_dir"]), params=SamplingParams(**p["sampling"]),
                             sampling_json=json.dumps(p["sampling"], sort_keys=True)) for p in passes]
         self.max_model_len = engine.max_model_len
