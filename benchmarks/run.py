@@ -313,7 +313,7 @@ def render_prompts(config, teacher, tokenizer) -> tuple[list[str], list[str]]:
     """(ids, prompts): exactly TeacherEngine.render over the frozen train problems (demos, chat template...)."""
     from tinyllm_ray import prompts
 
-    from tinyllm_ray.generate import load_frozen_problems
+    from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.layout import RunLayout
 
     problems = load_frozen_problems(RunLayout.of(config.output_dir), "train").to_pylist()
@@ -694,7 +694,7 @@ def training_batches(config) -> tuple[list[dict[str, list]], str, list]:
     """Rank 0's micro-batches for a 1-worker run, in the order train() feeds them (seeded permutation)."""
     import numpy as np
 
-    from tinyllm_ray.generate import load_frozen_problems
+    from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.models import resolve_model
     from tinyllm_ray.train import load_rationales
@@ -961,7 +961,8 @@ def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
     (chunked in row groups of 1,024, as the frozen Parquet file reads back): it should not grow with ``size``."""
     import pyarrow as pa
 
-    from tinyllm_ray.generate import PROBLEM_ROW_GROUP, demos_from_pool
+    from tinyllm_ray.generate import demos_from_pool
+    from tinyllm_ray.problems import PROBLEM_ROW_GROUP
 
     rows = demo_train_rows()
     pool = pa.Table.from_pylist([{**rows[i % len(rows)], "id": f"p{i}"} for i in range(size)])
@@ -1034,7 +1035,7 @@ def bench_driver(tmp: Path, quick: bool) -> dict[str, Any]:
         write_manifest(folder, rows=size)
     print(f"[bench] driver: training table of {size} problems x 2 teachers", flush=True)
     build = _peak_rss(
-        "from tinyllm_ray.layout import RunLayout\nfrom tinyllm_ray.generate import load_frozen_problems\n"
+        "from tinyllm_ray.layout import RunLayout\nfrom tinyllm_ray.problems import load_frozen_problems\n"
         "from tinyllm_ray.train import load_rationales\nfrom tinyllm_ray.training_data import build_training_table",
         f"layout = RunLayout.of({str(layout.root)!r})\n"
         "table, _ = build_training_table(load_frozen_problems(layout, 'train'), "

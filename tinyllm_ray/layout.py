@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+MANIFEST = "manifest.json"  # written last into every artifact folder: the folder is complete iff it exists
+PROGRESS = "_progress.json"  # a teacher folder's started-generation marker: fingerprint and shard size
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -41,6 +44,15 @@ class RunLayout:
     def teacher_dir(self, teacher: str) -> Path:
         return self.rationales / teacher
 
+    @staticmethod
+    def shard_file(out_dir: Path, shard: int) -> Path:
+        """Shard ``shard`` of a teacher's output folder (rationales or eval answers)."""
+        return out_dir / f"shard-{shard:06d}.parquet"
+
+    @staticmethod
+    def progress_file(out_dir: Path) -> Path:
+        return out_dir / PROGRESS
+
     @property
     def student(self) -> Path:
         return self.work / "student"
@@ -52,6 +64,19 @@ class RunLayout:
     @property
     def evaluation(self) -> Path:
         return self.work / "evaluation"
+
+    @property
+    def report_json(self) -> Path:
+        return self.evaluation / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.evaluation / "report.md"
+
+    @property
+    def trial_marker(self) -> Path:
+        """A sweep trial's record of the evaluation it reused (its key and result)."""
+        return self.work / "trial.json"
 
     @property
     def teacher_answers(self) -> Path:
@@ -66,3 +91,7 @@ class RunLayout:
     @property
     def sweep(self) -> Path:
         return self.root / "sweep"
+
+    def sweep_results(self, suffix: str) -> Path:
+        """``results.{json,csv,md,png}`` of the sweep."""
+        return self.sweep / f"results.{suffix}"

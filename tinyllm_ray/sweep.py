@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.config import JobConfig, TrainingConfig, config_to_yaml, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import read_manifest, write_manifest
@@ -44,7 +45,7 @@ DRIVER_CPUS = 0.1
 RESERVED_CPUS = 1.0
 
 
-class SweepError(ValueError):
+class SweepError(TinyLLMError, ValueError):
     """A sweep cannot be planned or run as configured; the message names the setting to fix."""
 
 

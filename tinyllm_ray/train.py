@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.config import JobConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest
@@ -56,7 +57,7 @@ OPERATIONAL_SETTINGS = {"log_every_steps", "checkpoint_every_steps", "max_failur
                         "placement_strategy", "length_groups", "allocator"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TinyLLMError, RuntimeError):
     """Training could not start or finish; the message says which input or setting to fix."""
 
 
@@ -350,7 +351,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from ray.train.torch import TorchTrainer
 
     from tinyllm_ray.deepspeed_config import build_deepspeed_config, slow_setting_warnings
-    from tinyllm_ray.generate import load_frozen_problems
+    from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.runtime import allocator_env, connect
     from tinyllm_ray.training_data import build_training_table, take_fraction, tasks_for

@@ -16,7 +16,7 @@ from tinyllm_ray.schemas import MANIFEST, RATIONALE_SCHEMA, read_manifest, read_
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-SMALL_SHARDS = ["--set", "teachers.tiny_a.resources.batch_size=2", "--set", "teachers.tiny_b.resources.batch_size=2"]
+SMALL_SHARDS = ["--set", "teachers.tiny_a.resources.shard_size=2", "--set", "teachers.tiny_b.resources.shard_size=2"]
 
 
 def generate(out: Path, *extra: str):
