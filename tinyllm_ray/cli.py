@@ -38,25 +38,25 @@ def _save_resolved(job) -> None:
     layout.config.write_text(config_to_yaml(job))
 
 
-def _run_stage(stage, config: str, overrides, output_dir, **kwargs) -> Any:
-    """Load config, save it beside the outputs, run a stage; known errors print one clear message, exit 2."""
-    from tinyllm_ray.config import ConfigError
-    from tinyllm_ray.data import DataError
-    from tinyllm_ray.generate import GenerationError
-    from tinyllm_ray.models import ModelSourceError
-    from tinyllm_ray.schemas import ArtifactError
-    from tinyllm_ray.sweep import SweepError
-    from tinyllm_ray.train import TrainingError
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from None
+
+
+def _run_stage(stage, name: str, config: str, overrides, output_dir, checks: dict | None = None, **kwargs) -> Any:
+    """Load the config, run the preflight checks, save the resolved config beside the outputs, run a stage. The
+    project's errors (``TinyLLMError``) print one clear message and exit 2."""
+    from tinyllm_ray.errors import TinyLLMError
+    from tinyllm_ray.preflight import preflight
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         job = _load(config, overrides, output_dir)
+        preflight(job, name, **(checks or {}))
         _save_resolved(job)
         return stage(job, **kwargs)
-    except (ConfigError, DataError, GenerationError, ModelSourceError, ArtifactError, TrainingError,
-            SweepError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    except TinyLLMError as err:
+        _fail(err)
 
 
 @app.command()
@@ -66,7 +66,8 @@ def generate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
     """Write each teacher's rationales for the train split (reuses teachers whose config is unchanged)."""
     from tinyllm_ray.generate import generate as run
 
-    manifests = _run_stage(run, config, overrides, output_dir, force=force, only=teacher)
+    manifests = _run_stage(run, "generate", config, overrides, output_dir, checks={"only": teacher},
+                           force=force, only=teacher)
     for name, manifest in manifests.items():
         counts = manifest["counts"]
         typer.echo(f"{name}: {counts['rows']} rationales, {counts['errors']} errors, "
@@ -79,7 +80,7 @@ def train(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, outp
     """Distil the student from the rationales with Ray Train + DeepSpeed; export it in HF format."""
     from tinyllm_ray.train import train as run
 
-    manifest = _run_stage(run, config, overrides, output_dir, force=force)
+    manifest = _run_stage(run, "train", config, overrides, output_dir, force=force)
     typer.echo(f"student: {manifest.get('optimizer_steps')} steps -> {Path(manifest.get('model_path', '')).name} "
                f"distilled from {manifest['teachers']}")
 
@@ -92,7 +93,8 @@ def evaluate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
     from tinyllm_ray.evaluate import evaluate as run
     from tinyllm_ray.evaluate import render_table
 
-    report = _run_stage(run, config, overrides, output_dir, teachers=teachers)
+    report = _run_stage(run, "evaluate", config, overrides, output_dir, checks={"teachers": teachers},
+                        teachers=teachers)
     typer.echo(render_table(report))
 
 
@@ -111,7 +113,7 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
         run_train(job, force=force)
         return run_evaluate(job)
 
-    report = _run_stage(all_stages, config, overrides, output_dir, force=force)
+    report = _run_stage(all_stages, "run", config, overrides, output_dir, force=force)
     typer.echo(render_table(report))
 
 
@@ -130,7 +132,7 @@ def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, outp
     overrides = list(overrides or [])
     if max_concurrent is not None:
         overrides.append(f"sweep.max_concurrent_trials={max_concurrent}")
-    results = _run_stage(run, config, overrides, output_dir, force=force)
+    results = _run_stage(run, "sweep", config, overrides, output_dir, force=force)
     typer.echo(render_markdown(results["trials"], results["title"]))
     if results["failed"]:
         typer.secho(f"{len(results['failed'])} trial(s) failed: {', '.join(results['failed'])}",
@@ -141,17 +143,19 @@ def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, outp
 @app.command()
 def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
              show: bool = typer.Option(False, "--show", help="Print the resolved config as YAML.")):
-    """Check a job config (and its data) without starting Ray; print what would run."""
-    from tinyllm_ray.config import ConfigError, config_to_yaml
-    from tinyllm_ray.data import DataError, load_problems
+    """Check a job config, its data, models and metrics sinks without starting Ray; print what would run."""
+    from tinyllm_ray.config import config_to_yaml
+    from tinyllm_ray.data import load_problems
+    from tinyllm_ray.errors import TinyLLMError
+    from tinyllm_ray.preflight import preflight
 
     try:
         job = _load(config, overrides, output_dir)
+        preflight(job, "validate")
         counts = {split: load_problems(job.data, split).num_rows
                   for split in (job.data.train_split, job.data.eval_split)}
-    except (ConfigError, DataError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    except TinyLLMError as err:
+        _fail(err)
     if show:
         typer.echo(config_to_yaml(job))
     training = job.training
@@ -164,9 +168,13 @@ def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
 def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifact folder inside it."),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Summarise artifacts: completeness, row counts, errors, per-teacher token and quality stats."""
+    from tinyllm_ray.errors import TinyLLMError
     from tinyllm_ray.summary import summarize
 
-    summary = summarize(path)
+    try:
+        summary = summarize(path)
+    except TinyLLMError as err:
+        _fail(err)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return

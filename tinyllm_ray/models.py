@@ -31,6 +31,25 @@ def cache_root() -> Path:
     return Path(os.environ.get("TINYLLM_RAY_CACHE", Path.home() / ".cache" / "tinyllm_ray"))
 
 
+def check_model(spec: str) -> None:
+    """Raise :class:`ModelSourceError` where :func:`resolve_model` would, without building or loading anything
+    (the preflight check every stage runs before Ray starts)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        if name == SMOLLM2:
+            if not (cache_root() / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file():
+                _smollm2_gguf()
+        elif name not in TINY_KINDS:
+            _unknown_builtin(spec)
+        return
+    resolve_model(spec)  # paths and hub ids: nothing is built
+
+
+def _unknown_builtin(spec: str):
+    raise ModelSourceError(f"unknown builtin model {spec!r}; known: builtin:{SMOLLM2}, " + ", ".join(
+        f"builtin:{k}" for k in TINY_KINDS))
+
+
 def resolve_model(spec: str) -> str:
     """Local folder for ``builtin:NAME`` or a path; other strings (hub ids, s3://...) pass through unchanged."""
     if spec.startswith(BUILTIN_PREFIX):
@@ -39,8 +58,7 @@ def resolve_model(spec: str) -> str:
             return str(smollm2_folder())
         if name in TINY_KINDS:
             return str(tiny_model_folder(name))
-        raise ModelSourceError(f"unknown builtin model {spec!r}; known: builtin:{SMOLLM2}, " + ", ".join(
-            f"builtin:{k}" for k in TINY_KINDS))
+        _unknown_builtin(spec)
     if "://" in spec:
         return spec
     path = Path(spec).expanduser()

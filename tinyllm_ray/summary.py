@@ -5,44 +5,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_manifest, read_table
+from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table
+
+QUALITY_COUNTS = ("empty", "degenerate", "truncated", "contradicting")
 
 
 def _teacher_summary(directory: Path) -> dict[str, Any]:
     manifest = read_manifest(directory)
-    table = read_table(directory, RATIONALE_SCHEMA)
-    rows = table.to_pylist()
-    ok = [r for r in rows if not r["error"]]
+    table = read_table(directory, RATIONALE_SCHEMA, columns=["num_generated_tokens", "error"])
+    tokens, errors = table.column("num_generated_tokens").to_pylist(), table.column("error").to_pylist()
+    ok = [n for n, e in zip(tokens, errors) if not e]
     summary: dict[str, Any] = {
         "complete": manifest is not None,
-        "rows": len(rows),
-        "errors": len(rows) - len(ok),
-        "mean_generated_tokens": round(sum(r["num_generated_tokens"] for r in ok) / max(len(ok), 1), 1),
+        "rows": len(tokens),
+        "errors": len(tokens) - len(ok),
+        "mean_generated_tokens": round(sum(ok) / max(len(ok), 1), 1),
     }
     if manifest:
         counts = manifest.get("counts", {})
-        summary.update({k: counts[k] for k in ("empty", "degenerate", "truncated", "contradicting") if k in counts})
+        summary.update({k: counts[k] for k in QUALITY_COUNTS if k in counts})
         summary["model"] = manifest.get("teacher", {}).get("model")
     return summary
 
 
+def _complete(directory: Path, *keys: str) -> dict[str, Any]:
+    """``complete`` and the named manifest entries (``counts``' entries when ``keys`` is empty)."""
+    manifest = read_manifest(directory) or {}
+    fields = {k: manifest.get(k) for k in keys} if keys else manifest.get("counts", {})
+    return {"complete": bool(manifest), **fields}
+
+
 def summarize(path: str | Path) -> dict[str, dict[str, Any]]:
-    """One entry per artifact found under ``path`` (a run directory or a single artifact folder)."""
+    """One entry per artifact found under ``path`` (a run directory or a single teacher folder)."""
     root = Path(path)
     if not root.exists():
-        raise SystemExit(f"error: {root} does not exist")
-    if (root / "rationales").is_dir() or (root / "problems").is_dir():
-        out: dict[str, dict[str, Any]] = {}
-        problems = read_manifest(root / "problems")
-        out["problems"] = {"complete": problems is not None, **((problems or {}).get("counts", {}))}
-        for folder in sorted(p for p in (root / "rationales").glob("*") if p.is_dir() and not p.name.startswith(".")):
+        raise ArtifactError(f"{root} does not exist")
+    layout = RunLayout.of(str(root))
+    if layout.rationales.is_dir() or layout.problems.is_dir():
+        out: dict[str, dict[str, Any]] = {"problems": _complete(layout.problems)}
+        for folder in sorted(p for p in layout.rationales.glob("*") if p.is_dir() and not p.name.startswith(".")):
             out[f"rationales/{folder.name}"] = _teacher_summary(folder)
-        student = read_manifest(root / "student")
-        out["student"] = {"complete": student is not None,
-                          **{k: (student or {}).get(k) for k in ("optimizer_steps", "teachers", "train_tokens")}}
-        evaluation = read_manifest(root / "evaluation")
+        out["student"] = _complete(layout.student, "optimizer_steps", "teachers", "train_tokens")
+        evaluation = read_manifest(layout.evaluation)
         out["evaluation"] = {"complete": evaluation is not None, **((evaluation or {}).get("accuracy", {}))}
         return out
     if any(root.glob("*.parquet")):
         return {root.name: _teacher_summary(root)}
-    raise SystemExit(f"error: {root} is neither a run directory nor a rationale folder")
+    raise ArtifactError(f"{root} is neither a run directory (output_dir) nor a teacher's rationale folder")
