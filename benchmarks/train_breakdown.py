@@ -28,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import run as bench
+from benchmarks.common import REPO, machine_info, set_env
+from benchmarks.jobs import MODELS, gen_for_training
 
 VARIANTS = ("deepspeed_raydata", "plain_memory", "deepspeed_memory", "plain_raydata", "deepspeed_memory_sink",
             "deepspeed_raydata_sink")
@@ -145,17 +146,17 @@ def summarise(raw: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(bench.MODELS), default="tiny")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--per-variant", type=int, default=120, help="steps timed per variant")
-    parser.add_argument("--out", type=Path, default=bench.REPO / "benchmarks" / "out" / "train_breakdown.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "train_breakdown.json")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="tinyllm-breakdown-"))
-    bench.set_env(tmp)
+    set_env(tmp)
     import tinyllm_ray.train as train_module
 
     mb = 2 if args.model == "smollm2" else 4
-    config = bench.gen_for_training(args.model, tmp, False, {"num_workers": 1, "micro_batch_size": mb,
-                                                             "max_steps": 100_000, "zero_stage": 0}, "train")
+    config = gen_for_training(args.model, tmp, False, {"num_workers": 1, "micro_batch_size": mb,
+                                                       "max_steps": 100_000, "zero_stage": 0})
     raw_path = tmp / "breakdown.json"
     original = train_module.train_loop_per_worker
     train_module.train_loop_per_worker = make_loop(str(raw_path), args.per_variant)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         train_module.train_loop_per_worker = original
     result = {"model": config.student.model, "micro_batch_size": mb, "per_variant": args.per_variant,
-              "machine": bench.machine_info(), "variants": summarise(json.loads(raw_path.read_text()))}
+              "machine": machine_info(), "variants": summarise(json.loads(raw_path.read_text()))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"| variant | median step ms | vs plain_memory (per cycle) | {' | '.join(PHASES)} |")

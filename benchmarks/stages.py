@@ -1,0 +1,171 @@
+"""The real `generate` and `train` stages, timed: generation from its shard files' write times, training from a
+timestamp at every optimiser step inside each worker."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import MemSampler
+
+
+def run_pipeline(config) -> dict[str, Any]:
+    """The real `generate` stage; start-up vs steady state from the shard files' write times."""
+    import pyarrow.parquet as pq
+
+    from tinyllm_ray.generate import generate
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import read_footer
+
+    layout = RunLayout.of(config.output_dir)
+    with MemSampler() as mem:
+        t0 = time.time()
+        manifests = generate(config, force=True)
+        stage_s = time.time() - t0
+    out: dict[str, Any] = {"stage_seconds": round(stage_s, 2), "memory": mem.result(),
+                           "teacher_actor": mem.teacher_actor_env, "teachers": {}}
+    for teacher in config.teachers:
+        manifest = manifests[teacher.name]
+        shards = sorted(layout.teacher_dir(teacher.name).glob("shard-*.parquet"), key=lambda p: p.stat().st_mtime)
+        info = []
+        for shard in shards:
+            table = pq.read_table(shard, columns=["num_prompt_tokens", "num_generated_tokens"])
+            info.append({"mtime": shard.stat().st_mtime, "rows": table.num_rows,
+                         "prompt": int(sum(table.column(0).to_pylist())),
+                         "gen": int(sum(table.column(1).to_pylist())),
+                         "cached": read_footer(shard).get("stats", {}).get("cached_prompt_tokens", 0)})
+        counts = manifest["counts"]
+        entry = {"manifest_seconds": manifest["seconds"], "rows": counts["rows"], "errors": counts["errors"],
+                 "prompt_tokens": counts["prompt_tokens"], "generated_tokens": counts["generated_tokens"],
+                 "cached_prompt_tokens": counts.get("cached_prompt_tokens", 0), "shards": len(info),
+                 "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
+        skip = teacher.resources.shards_in_flight
+        if len(info) > skip and teacher.resources.concurrency == 1:
+            # One actor works on `skip` shards at once, so the first `skip` finish close together. Steady state is
+            # the window from the skip-th write to the last, which holds the work of the shards after the first
+            # `skip` (the next shard starts as soon as one finishes).
+            steady_s = info[-1]["mtime"] - info[skip - 1]["mtime"]
+            later = info[skip:]
+            entry["steady"] = {"seconds": round(steady_s, 2), "problems": sum(i["rows"] for i in later),
+                               "prompt_tokens": sum(i["prompt"] for i in later),
+                               "cached_prompt_tokens": sum(i["cached"] for i in later),
+                               "generated_tokens": sum(i["gen"] for i in later), "first_shard": skip + 1}
+            # stage start -> the first `skip` shards written, minus their time at the steady rate: Ray Data set-up
+            # + actor/engine start
+            first = sum(i["rows"] for i in info[:skip]) * steady_s / max(entry["steady"]["problems"], 1)
+            entry["startup_estimate_s"] = round(info[skip - 1]["mtime"] - t0 - first, 2)
+        out["teachers"][teacher.name] = entry
+    return out
+
+
+def make_timed_loop(log_path: str):
+    """The real train_loop_per_worker, with every optimiser step timestamped into a per-rank JSONL file.
+
+    The loop calls ray.train.report() only with checkpoints, so the hooks sit on DeepSpeed's ``engine.step`` (the
+    end of a step; the benchmark uses no gradient accumulation) and on ``Collator.grouped`` (the non-pad tokens the
+    step trains on). A closure so cloudpickle ships it by value (Ray workers need not import this module).
+    """
+
+    def timed_loop(cfg):
+        import json as _json
+        import time as _time
+
+        import ray.train
+        import torch
+        from deepspeed.runtime.engine import DeepSpeedEngine
+
+        from tinyllm_ray.train import train_loop_per_worker
+        from tinyllm_ray.training_data import Collator
+
+        rank = ray.train.get_context().get_world_rank()
+        handle = open(f"{log_path}.rank{rank}.jsonl", "a")
+        tokens = [0]
+
+        def note(**fields):
+            handle.write(_json.dumps({"t": _time.time(), **fields}) + "\n")
+            handle.flush()
+
+        def preempted():  # involuntary context switches of this (the training) thread so far
+            with open("/proc/thread-self/status") as status:
+                return int(status.read().split("nonvoluntary_ctxt_switches:")[1].split()[0])
+
+        note(event="enter", torch_threads=torch.get_num_threads())
+        original_step, original_grouped = DeepSpeedEngine.step, Collator.grouped
+
+        def step(self, *args, **kwargs):
+            result = original_step(self, *args, **kwargs)
+            note(event="step", tokens=tokens[0], preempted=preempted())
+            return result
+
+        def grouped(self, *args, **kwargs):
+            groups = original_grouped(self, *args, **kwargs)
+            tokens[0] += sum(int(g["attention_mask"].sum()) for g in groups)
+            return groups
+
+        DeepSpeedEngine.step, Collator.grouped = step, grouped
+        try:
+            train_loop_per_worker(cfg)
+        finally:
+            DeepSpeedEngine.step, Collator.grouped = original_step, original_grouped
+            note(event="exit")
+            handle.close()
+
+    return timed_loop
+
+
+def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
+    """The real `train` stage (force=True), timed from the driver and from inside each worker."""
+    import tinyllm_ray.train as train_module
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = str(log_dir / label)
+    original = train_module.train_loop_per_worker
+    train_module.train_loop_per_worker = make_timed_loop(log_path)
+    try:
+        with MemSampler() as mem:
+            t0 = time.time()
+            manifest = train_module.train(config, force=True)
+            total = time.time() - t0
+    finally:
+        train_module.train_loop_per_worker = original
+    per_rank = [rank_summary(file, t0, total) for file in sorted(log_dir.glob(f"{label}.rank*.jsonl"))]
+    out: dict[str, Any] = {"stage_seconds": round(total, 2), "workers": config.training.num_workers,
+                           "optimizer_steps": manifest.get("optimizer_steps"), "memory": mem.result(),
+                           "ranks": per_rank}
+    if per_rank and all("steady_seconds" in r for r in per_rank):
+        seconds = max(r["steady_seconds"] for r in per_rank)
+        tokens = sum(r["steady_tokens"] for r in per_rank)
+        out["steady_tokens_per_s"] = round(tokens / seconds, 1)
+        out["steady_step_s"] = round(seconds / per_rank[0]["steady_steps"], 3)
+        out["median_step_s"] = per_rank[0]["median_step_s"]
+        out["startup_to_first_step_s"] = per_rank[0]["first_step_after_s"]
+        out["preemptions_per_step"] = per_rank[0].get("preemptions_per_step")
+    return out
+
+
+def rank_summary(file: Path, t0: float, total: float) -> dict[str, Any]:
+    """One rank's step log (``enter``, one ``step`` event per optimiser step, ``exit``) as timings from ``t0``."""
+    events = [json.loads(ln) for ln in file.read_text().splitlines() if ln.strip()]
+    enter = next(e for e in events if e["event"] == "enter")
+    steps = [e for e in events if e["event"] == "step"]
+    exit_ = next((e for e in events if e["event"] == "exit"), events[-1])
+    rank = {"torch_threads": enter["torch_threads"], "enter_after_s": round(enter["t"] - t0, 2), "steps": len(steps)}
+    if steps:
+        rank["first_step_after_s"] = round(steps[0]["t"] - t0, 2)
+        rank["first_step_tokens"] = steps[0]["tokens"]
+        rank["after_last_step_s"] = round(total - (steps[-1]["t"] - t0), 2)
+        rank["export_s"] = round(exit_["t"] - steps[-1]["t"], 2)
+    if len(steps) >= 3:
+        # steady state: exclude the first step (and its warm-up); event k ends step k
+        rank["steady_steps"] = len(steps) - 1
+        rank["steady_seconds"] = round(steps[-1]["t"] - steps[0]["t"], 3)
+        rank["steady_tokens"] = steps[-1]["tokens"] - steps[0]["tokens"]
+        rank["step_seconds"] = [round(b["t"] - a["t"], 3) for a, b in zip(steps, steps[1:])]
+        rank["median_step_s"] = round(statistics.median(rank["step_seconds"]), 3)
+        if "preempted" in steps[0]:
+            rank["preemptions_per_step"] = round((steps[-1]["preempted"] - steps[0]["preempted"])
+                                                 / rank["steady_steps"], 2)
+    return rank

@@ -1,0 +1,103 @@
+"""The benchmark package's pure parts: every section module's entry point, result rows and the JSON layout, the
+environment taken from the runtime, the step-log summary. No section runs here."""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import common, run
+from benchmarks.common import Context, Failed, markdown
+from benchmarks.driver import DriverResult
+from benchmarks.stages import rank_summary
+from benchmarks.startup import StartupResult
+from benchmarks.train import overhead
+
+
+def test_every_section_module_exposes_its_entry_point():
+    assert set(run.MODULES) == set(run.SECTIONS) == set(run.TABLE_ORDER)
+    for name, module in run.MODULES.items():
+        assert module.SECTION == name
+        assert isinstance(module.PER_MODEL, bool)
+        assert callable(module.run)
+    assert {name for name, module in run.MODULES.items() if module.PER_MODEL} == {"gen", "train"}
+
+
+def test_results_render_as_rows_and_one_table():
+    driver = DriverResult("driver", {"problems": 10, "load_problems": {"seconds": 1.0, "peak_rss_mb": 5,
+                                                                       "rss_before_mb": 2},
+                                     "build_training_table": {"seconds": 2.0, "peak_rss_mb": 7, "rss_before_mb": 3}})
+    failed = Failed("gen", {"error": "Traceback (most recent call last):\nValueError: boom"}, key="tiny")
+    startup = StartupResult("startup", {"total_s": 3.0, "to_first_shard_s": 1.0, "to_first_train_step_s": 2.0,
+                                        "returncode": 0})
+    assert [r[1] for r in driver.rows()] == ["load_problems, 10 problems", "build_training_table, 10 problems"]
+    assert failed.rows() == [("gen tiny", "ERROR", "", "", "", "", "ValueError: boom")]
+    assert all(len(row) == len(common.HEADER) for row in driver.rows() + startup.rows())
+    table = run.table({"startup": [startup], "driver": [driver], "gen": [failed]})
+    lines = table.splitlines()
+    assert lines[0].startswith("| benchmark") and set(lines[1]) <= {"|", "-"}
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["gen tiny", "driver", "driver", "startup"]
+
+
+def test_results_json_keeps_per_model_sections_under_their_model():
+    gen = Failed("gen", {"error": "x"}, key="tiny", seconds=1.5, loadavg_before=[0.1, 0.2, 0.3])
+    driver = DriverResult("driver", {"problems": 1}, seconds=2.0)
+    document = run.results_json({"quick": True}, {"gen": [gen], "driver": [driver]})
+    assert document == {"quick": True,
+                        "gen": {"tiny": {"error": "x", "section_seconds": 1.5, "loadavg_before": [0.1, 0.2, 0.3]}},
+                        "driver": {"problems": 1, "section_seconds": 2.0}}
+    json.dumps(document)
+
+
+def test_markdown_pads_columns():
+    table = markdown([("a", "b", "", "", "", "", "long note")])
+    widths = {len(line) for line in table.splitlines()}
+    assert len(widths) == 1
+
+
+def test_arguments_pick_sections_and_models():
+    args = run.parse(["--quick", "--only", "driver"])
+    assert args.only == ["driver"] and args.models == ("tiny",)
+    assert run.parse([]).models == ("tiny", "smollm2")
+    with pytest.raises(SystemExit):
+        run.parse(["--only", "nope"])
+    with pytest.raises(SystemExit):
+        run.parse(["--models", "huge"])
+
+
+def test_environment_comes_from_the_runtime(monkeypatch, tmp_path):
+    from tinyllm_ray import runtime
+
+    for key in [*runtime.teacher_env(False, allocator="system"), *runtime.WORKER_ENV, "LD_PRELOAD", "MALLOC_CONF",
+                "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"]:
+        monkeypatch.delenv(key, raising=False)
+    common.set_env(tmp_path)
+    for key, value in runtime.teacher_env(False, allocator="system").items():
+        assert os.environ[key] == value
+    for key, value in runtime.WORKER_ENV.items():
+        assert os.environ[key] == value
+    assert "LD_PRELOAD" not in os.environ  # this process and its plain-loop children choose their own allocator
+    assert os.environ["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
+
+
+def test_rank_summary_reads_a_step_log(tmp_path):
+    log = tmp_path / "x.rank0.jsonl"
+    events = [{"t": 10.0, "event": "enter", "torch_threads": 1}]
+    events += [{"t": 11.0 + k, "event": "step", "tokens": 100 * (k + 1), "preempted": 2 * k} for k in range(4)]
+    events.append({"t": 16.0, "event": "exit"})
+    log.write_text("\n".join(json.dumps(e) for e in events))
+    rank = rank_summary(log, t0=9.0, total=8.0)
+    assert rank["steps"] == 4 and rank["steady_steps"] == 3 and rank["steady_tokens"] == 300
+    assert rank["step_seconds"] == [1.0, 1.0, 1.0] and rank["preemptions_per_step"] == 2.0
+    assert rank["first_step_after_s"] == 2.0 and rank["export_s"] == 2.0
+
+
+def test_overhead_is_a_ratio_of_steady_rates():
+    assert overhead({"steady_tokens_per_s": 110.0}, {"steady_tokens_per_s": 100.0}) == 0.1
+    assert overhead({}, {"steady_tokens_per_s": 100.0}) is None
+
+
+def test_context_is_frozen(tmp_path):
+    ctx = Context(tmp=tmp_path)
+    with pytest.raises(AttributeError):
+        ctx.quick = True
