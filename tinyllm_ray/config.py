@@ -114,7 +114,7 @@ class EngineConfig(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
     allocator: Allocator = Field("auto", json_schema_extra=OPERATIONAL,
                                  description="Memory allocator of the teacher actors (see training.allocator); "
-                                                     "auto: jemalloc on CPU (~6% more tokens/s measured), the "
+                                                     "auto: jemalloc on CPU (faster there, benchmarks/RESULTS.md), the "
                                                      "system's on GPU.")
 
 
@@ -216,8 +216,8 @@ class TrainingConfig(Strict):
         "PACK", json_schema_extra=OPERATIONAL, description="How Ray places the training workers' placement group across nodes.")
     allocator: Allocator = Field(
         "auto", json_schema_extra=OPERATIONAL, description="Memory allocator of the training workers. jemalloc (shipped inside Ray's wheel) keeps "
-                            "freed memory for the next step instead of returning it to the OS: on CPU, ~15x fewer "
-                            "page faults and shorter steps. auto: jemalloc on CPU workers, the system's on GPU workers.")
+                            "freed memory for the next step instead of returning it to the OS: on CPU, far fewer "
+                            "page faults and shorter steps (benchmarks/RESULTS.md). auto: jemalloc on CPU workers, the system's on GPU workers.")
     zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

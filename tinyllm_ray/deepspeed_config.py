@@ -41,6 +41,6 @@ def slow_setting_warnings(training: TrainingConfig) -> list[str]:
     if training.num_workers == 1 and training.resolved_zero_stage > 0:
         warnings.append(
             f"training.zero_stage={training.zero_stage} with 1 worker: ZeRO shards state across workers, with one "
-            "it only adds copies into and out of its flat fp32 partitions (measured on a 2-core CPU with "
-            "SmolLM2-135M: ~2 s per step, 20-90% of the step); set training.zero_stage=0 or auto")
+            "it only adds copies into and out of its flat fp32 partitions, every step (benchmarks/RESULTS.md); "
+            "set training.zero_stage=0 or auto")
     return warnings

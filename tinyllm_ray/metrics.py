@@ -60,11 +60,9 @@ class TensorBoardSink:
     ``flush_seconds`` and on close.
 
     tensorboardX's ``SummaryWriter`` hands each scalar to a writer thread through a ``multiprocessing.Queue`` (a
-    feeder thread, a pipe, pickling, a pure-Python CRC): about 20 thread wake-ups a step for the loop's ~10 scalars.
-    In a Train worker training the tiny student (~35 ms steps) on 2 cores, the training thread was preempted 160-200
-    times a second, against ~2 for the same loop in a plain process. Its synchronous ``EventsWriter`` (the same
-    file format) costs the training thread 0.1-0.2 ms a step here (``benchmarks.train_breakdown``) and wakes
-    nothing.
+    feeder thread, a pipe, pickling, a pure-Python CRC): two thread wake-ups per scalar, which preempt a training
+    thread with short steps. Its synchronous ``EventsWriter`` (the same file format) wakes nothing
+    (benchmarks/RESULTS.md, ``benchmarks.train_breakdown``).
     """
 
     def __init__(self, log_dir: Path, flush_seconds: float = 10.0):

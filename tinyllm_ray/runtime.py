@@ -14,7 +14,7 @@ log = logging.getLogger("tinyllm_ray")
 # our own to ray.init() there would clash with it ("Failed to merge the Job's runtime env").
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
-    # ray.train.report() polls the controller; the default interval costs ~1.3 s per report.
+    # ray.train.report() polls the controller: the default interval slows every report (benchmarks/RESULTS.md).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
     **({"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}),
 }
@@ -48,16 +48,15 @@ def has_cuda() -> bool:
 
 
 # oneDNN keeps a JIT-compiled kernel for every input shape it meets, up to 1024 by default; a CPU teacher meets a new
-# shape with almost every batch, so its memory grew ~1 MB per shard of 16 (tiny model: 790 -> 1,190 MB over 300
-# shards). 64 keeps it flat (~900 MB) at the same speed (measured on 200 shards).
+# shape with almost every batch, so its memory grew with every shard. 64 keeps it flat at the same speed
+# (benchmarks/RESULTS.md).
 ONEDNN_CACHE_CAPACITY = "64"
 
 
 # jemalloc as the allocator of CPU workers, told never to hand freed pages back to the OS. A training step frees and
 # reallocates the same activations every step, and glibc returns its large blocks to the kernel on free, so each step
-# faulted ~1 GB of fresh zeroed pages back in (SmolLM2-135M, batch 2: ~250k page faults, ~0.6 s of kernel time a
-# step; with jemalloc ~15k and 0.05 s). A vLLM-CPU teacher makes ~10x fewer faults with it. PyTorch's CPU launcher
-# (torch.backends.xeon.run_cpu) preloads jemalloc or tcmalloc for the same reason.
+# faulted them back in as fresh zeroed pages; a vLLM-CPU teacher faults less with it too (benchmarks/RESULTS.md).
+# PyTorch's CPU launcher (torch.backends.xeon.run_cpu) preloads jemalloc or tcmalloc for the same reason.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
@@ -92,8 +91,9 @@ def allocator_in_use() -> str:
 
 
 def teacher_env(on_gpu: bool, allocator: str = "auto") -> dict[str, str]:
-    """Settings for a teacher actor: on CPU the engine runs in-process (start ~5 s instead of ~20 s) and oneDNN's
-    kernel cache is bounded (a value in the driver's environment wins); the allocator (``engine.allocator``)."""
+    """Settings for a teacher actor: on CPU the engine runs in-process (it starts faster than with a separate engine
+    process, benchmarks/RESULTS.md) and oneDNN's kernel cache is bounded (a value in the driver's environment wins);
+    the allocator (``engine.allocator``)."""
     cpu = {} if on_gpu else {
         "VLLM_TARGET_DEVICE": "cpu", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)}
@@ -115,5 +115,6 @@ def connect(config: JobConfig) -> None:
             num_cpus = config.ray_num_cpus or max(4, 2 * (os.cpu_count() or 1))
             ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=local_cluster_runtime_env())
     context = DataContext.get_current()
-    # Ray 2.60's v2 Parquet reader starts ~32 helper processes: 10 s of start-up for small artifacts.
+    # Ray 2.60's v2 Parquet reader starts dozens of helper processes: seconds of start-up for small artifacts
+    # (benchmarks/RESULTS.md).
     context.use_datasource_v2 = False
