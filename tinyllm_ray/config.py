@@ -12,10 +12,12 @@ import re
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
 from pydantic_core import to_jsonable_python
 from tinyllm_ray.errors import TinyLLMError
 
@@ -161,6 +163,9 @@ class ResourceConfig(Strict):
 
 
 class TeacherConfig(Strict):
+    """A teacher that generates its rationales with a vLLM engine in Ray Data actors (``kind: vllm``, the default)."""
+
+    kind: Literal["vllm"] = Field("vllm", json_schema_extra=UNLESS_DEFAULT)
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="Local HF model folder, object-store path, hub id (clusters) or 'builtin:smollm2-135m'.")
     rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
@@ -186,6 +191,54 @@ class TeacherConfig(Strict):
         if not gpus and tp > 1:
             raise ValueError("engine.tensor_parallel_size > 1 needs resources.num_gpus_per_actor set to the same value")
         return self
+
+
+class ImportSource(Strict):
+    """Where an imported teacher's rationales are: the TinyLLM repository's ``llm/`` files, or a file of rows."""
+
+    format: Literal["tinyllm", "jsonl", "json", "parquet", "csv"]
+    path: str = Field(description="tinyllm: the dataset folder holding llm/ (e.g. .../arc); else the file.")
+    teacher: Literal["flan_t5_xl", "llama2_7b"] | None = Field(
+        None, description="tinyllm only: which of the paper's two teachers, as load_tinyllm_rationales splits them.")
+    split: str = Field("train", description="tinyllm only: the split whose llm/<split>_CoT_<k>.json files to read.")
+    id_field: str = Field("id", description="Column (key) holding the problem id (files of rows).")
+    rationale_field: str = Field("rationale", description="Column (key) holding the rationale text (files of rows).")
+    cut_after_answer: bool = Field(
+        True, description="Cut each rationale after the line that states 'the answer is (x) ...': the paper's "
+        "FLAN-T5 outputs run on into a question the model made up. The manifest counts what was cut.")
+
+    @model_validator(mode="after")
+    def _teacher_for_tinyllm(self) -> "ImportSource":
+        if (self.format == "tinyllm") != (self.teacher is not None):
+            raise ValueError("source.teacher (flan_t5_xl or llama2_7b) is required for format tinyllm, and only there")
+        return self
+
+
+class ImportedTeacherConfig(Strict):
+    """A teacher whose rationales already exist (``kind: imported``): read from files, no engine; the rows land in
+    the same rationale Parquet and manifest as generated ones."""
+
+    kind: Literal["imported"]
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(description="The model that wrote the rationales, recorded as given (e.g. google/flan-t5-xl).")
+    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
+                                  json_schema_extra=STUDENT_INPUT)
+    source: ImportSource
+    resources: ResourceConfig = Field(ResourceConfig(), json_schema_extra=OPERATIONAL)
+    max_error_rate: float = Field(1.0, ge=0.0, le=1.0, json_schema_extra=OPERATIONAL,
+                                  description="Problems without a rationale are counted, not failed rows.")
+
+
+TEACHER_KINDS = ("vllm", "imported")
+
+
+def _teacher_kind(value: Any) -> str:
+    return value.get("kind", "vllm") if isinstance(value, dict) else getattr(value, "kind", "vllm")
+
+
+# One entry of ``teachers:``; ``kind`` picks the class (vllm when absent).
+AnyTeacher = Annotated[Union[Annotated[TeacherConfig, Tag("vllm")], Annotated[ImportedTeacherConfig, Tag("imported")]],
+                       Discriminator(_teacher_kind)]
 
 
 class StudentConfig(Strict):
@@ -298,7 +351,7 @@ class JobConfig(Strict):
     ray_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs for a local cluster (oversubscribe small machines).")
     data: DataConfig = DataConfig()
     prompts: PromptConfig = PromptConfig()
-    teachers: list[TeacherConfig] = Field(min_length=1)
+    teachers: list[AnyTeacher] = Field(min_length=1)
     student: StudentConfig
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -323,7 +376,7 @@ class JobConfig(Strict):
             raise ValueError(f"sweep.teacher_subsets names unknown teachers {unknown}; known: {names}")
         return self
 
-    def distilled_teachers(self) -> list[TeacherConfig]:
+    def distilled_teachers(self) -> list[TeacherConfig | ImportedTeacherConfig]:
         wanted = self.training.teachers
         return [t for t in self.teachers if wanted is None or t.name in wanted]
 
@@ -400,7 +453,10 @@ def _list_index(items: list[Any], key: str, where: str) -> int:
 def _format_errors(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid job config:"]
     for problem in err.errors():
-        dotted = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        loc = list(problem["loc"])
+        if loc[:1] == ["teachers"] and len(loc) > 2 and loc[2] in TEACHER_KINDS:
+            del loc[2]  # the kind's tag pydantic puts in the path: teachers.0.vllm.engine -> teachers.0.engine
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check spelling; see `tinyllm-ray validate --help`)"

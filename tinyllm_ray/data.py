@@ -56,27 +56,30 @@ def load_problems(config: DataConfig, split: str) -> pa.Table:
         if split not in DEMO_SPLITS:
             raise DataError(f"the demo dataset has splits {list(DEMO_SPLITS)}, not {split!r}; set data.train_split/eval_split")
         name = f"demo_{split}.jsonl"
-        rows = _json_rows(folder.joinpath(name).read_text(encoding="utf-8"), f"tinyllm_ray/demo_data/{name}")
+        rows = json_rows(folder.joinpath(name).read_text(encoding="utf-8"), f"tinyllm_ray/demo_data/{name}")
         return _build(rows, f"tinyllm_ray/demo_data/{name}", config.dataset, split, FieldMapping(), False, limit)
     if config.format == "tinyllm":
-        file = _tinyllm_file(Path(config.path), split)
+        file = tinyllm_file(Path(config.path), split)
         dataset = config.dataset if config.dataset != "demo" else Path(config.path).name
-        return _build(_json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False, limit)
+        return _build(json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False, limit)
     file = _split_file(Path(config.path.replace("{split}", split)), split, config.format)
     dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
-    return _build(_read_rows(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index,
+    return _build(read_records(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index,
                   limit)
 
 
-def load_tinyllm_rationales(dataset_dir: str | Path, split: str) -> dict[str, list[str]]:
+def load_tinyllm_rationales(dataset_dir: str | Path, split: str, cut: bool = True) -> dict[str, list[str]]:
     """The two TinyLLM teachers' rationales for ``split``, position i = row i of ``<ds>_{split}.json``.
 
-    The FLAN-T5 text runs on into an echo of the question ("\\n\\nQ: ..."); it is cut there. A LLaMA output
-    stored as the text "nan" (a pandas NaN) becomes "": no rationale, for the caller to treat as missing.
+    The FLAN-T5 text often runs on into a question the model made up; with ``cut`` it ends after its answer
+    statement (:func:`tinyllm_ray.quality.cut_after_answer`). A LLaMA output stored as the text "nan" (a pandas
+    NaN) becomes "": no rationale, for the caller to treat as missing.
     """
     dataset_dir = Path(dataset_dir)
-    problems = _tinyllm_file(dataset_dir, split)
-    count = sum(1 for _ in _json_rows(_read_text(problems), str(problems)))
+    from .quality import cut_after_answer
+
+    problems = tinyllm_file(dataset_dir, split)
+    count = sum(1 for _ in json_rows(_read_text(problems), str(problems)))
     llm = dataset_dir / "llm"
     files = sorted(llm.glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
     expected = [llm / f"{split}_CoT_{k}.json" for k in range(max(1, -(-count // TINYLLM_CHUNK)))]
@@ -93,7 +96,7 @@ def load_tinyllm_rationales(dataset_dir: str | Path, split: str) -> dict[str, li
                 raise DataError(f"{file}, record {position}: expected a string '<flan>{TINYLLM_SEPARATOR}<llama>'; "
                                 f"got {str(text)[:80]!r}; regenerate or fix this teacher output")
             flan, llama = text.split(TINYLLM_SEPARATOR, 1)
-            out["flan_t5_xl"].append(flan.split("\n\nQ:", 1)[0].strip())
+            out["flan_t5_xl"].append(cut_after_answer(flan)[0] if cut else flan.strip())
             llama = llama.strip()
             out["llama2_7b"].append("" if llama == "nan" else llama)  # pandas NaN written as text
     if len(out["flan_t5_xl"]) != count:
@@ -124,7 +127,7 @@ def _read_text(file: Path) -> str:
         raise DataError(f"{file} does not exist; check data.path") from None
 
 
-def _tinyllm_file(folder: Path, split: str) -> Path:
+def tinyllm_file(folder: Path, split: str) -> Path:
     file = folder / f"{folder.name}_{split}.json"
     if not file.is_file():
         found = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else "(folder missing)"
@@ -153,7 +156,7 @@ def _default_name(path: Path) -> str:
 
 # ---------------------------------------------------------------- reading rows
 
-def _read_rows(file: Path, fmt: str) -> Iterator[Row]:
+def read_records(file: Path, fmt: str) -> Iterator[Row]:
     """The file's records one by one, read as they are consumed (a JSON array, by nature, is parsed whole)."""
     if fmt == "parquet":
         try:
@@ -173,11 +176,11 @@ def _read_rows(file: Path, fmt: str) -> Iterator[Row]:
                 yield f"row {number} (line {reader.line_num})", record
         return
     if fmt == "json" and _starts_with_bracket(file):
-        yield from _json_rows(_read_text(file), str(file), lines=False)
+        yield from json_rows(_read_text(file), str(file), lines=False)
         return
     try:
         with open(file, encoding="utf-8") as handle:
-            yield from _json_rows(handle, str(file), lines=True)
+            yield from json_rows(handle, str(file), lines=True)
     except FileNotFoundError:
         raise DataError(f"{file} does not exist; check data.path") from None
 
@@ -194,7 +197,7 @@ def _starts_with_bracket(file: Path) -> bool:
     return False
 
 
-def _json_rows(text: str | Iterable[str], where: str, lines: bool | None = None) -> Iterator[Row]:
+def json_rows(text: str | Iterable[str], where: str, lines: bool | None = None) -> Iterator[Row]:
     """JSON Lines (rows named by line; ``text`` may be an open file) or one JSON array (rows named by record);
     ``lines=None`` detects."""
     if lines is None:

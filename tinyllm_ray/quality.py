@@ -38,6 +38,20 @@ _WORD = re.compile(r"\w+")
 _ANSWER_STATEMENT = re.compile(r"the answer is\b", re.IGNORECASE)
 
 
+# "Thus, the answer is (b) gills": the closing statement of a teacher-forced rationale, with its option letter.
+_ANSWER_LINE = re.compile(r"the answer is \(?[A-Za-z]\)[^\n]*", re.IGNORECASE)
+
+
+def cut_after_answer(text: str) -> tuple[str, bool]:
+    """``text`` up to the end of the line of its first "the answer is (x) ..." statement, and whether anything
+    (other than whitespace) was cut. The paper's FLAN-T5-xl rationales run on from there into a question the
+    model made up ("\n\nQ: ..."); a text without such a statement is kept whole."""
+    match = _ANSWER_LINE.search(text)
+    if match is None or not text[match.end():].strip():
+        return text.strip(), False
+    return text[:match.end()].strip(), True
+
+
 def words(text: str) -> list[str]:
     """Word tokens (runs of letters, digits and underscores), lower-cased; also what ``min_words`` counts."""
     return _WORD.findall(str(text).lower())
