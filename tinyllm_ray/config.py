@@ -315,6 +315,10 @@ class EvaluationConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     teachers: bool = Field(True, description="Also measure each teacher asked without the gold answer.")
+    method: Literal["generate", "loglikelihood", "both"] = Field(
+        "generate", description="How the student is scored: generate (the paper's: greedy answer, exact match to the "
+        "gold option text), loglikelihood (lm-evaluation-harness's acc_norm: the option with the highest "
+        "log-likelihood per character after the predict: prompt, one forward pass per option), or both, side by side.")
 
 
 class MetricsConfig(Strict):
