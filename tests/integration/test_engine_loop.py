@@ -17,7 +17,7 @@ def _shared_engine_vs_generate() -> dict:
 
     from vllm import LLM, SamplingParams
 
-    from tinyllm_ray.engine_loop import EngineLoop
+    from tinyllm_ray.teachers.engine_loop import EngineLoop
     from tinyllm_ray.models import resolve_model
 
     llm = LLM(model=resolve_model("builtin:tiny-llama"), dtype="float32", enforce_eager=True, max_model_len=128,

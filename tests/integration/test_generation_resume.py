@@ -69,7 +69,7 @@ def _kill_first_teacher_actor(folder: Path, killed: list[float], deadline: float
                     title = " ".join(proc.cmdline())
                 except psutil.Error:
                     continue
-                if "TeacherEngine" in title:
+                if "TeacherActor" in title:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed.append(time.time())
                     return

@@ -1,7 +1,7 @@
 """EngineLoop's failure paths, which a healthy vLLM engine cannot be made to take on demand: an engine whose step
-raises must fail every waiting caller (no thread left blocked forever), and refuse later calls; an engine that
-cannot be built fails the constructor. The engine here is
-a minimal stand-in with vLLM's ``enqueue`` / ``llm_engine.step`` surface; the success path runs on real vLLM in
+raises must fail every waiting caller (no thread left blocked forever), and refuse later calls; so must an engine
+that dies while requests are added, and a failure in the loop itself; an engine that cannot be built fails the
+constructor. The engine here is a minimal stand-in with vLLM's ``enqueue`` / ``llm_engine.step`` surface; the success path runs on real vLLM in
 tests/integration/test_engine_loop.py."""
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinyllm_ray.engine_loop import EngineLoop, engine_dead
+from tinyllm_ray.teachers.engine_loop import EngineLoop
+
+
+class EngineDead(RuntimeError):
+    """Stands in for vLLM's EngineDeadError (importing vLLM takes seconds; the real loop passes that class)."""
+
+
+FATAL = (EngineDead,)
 
 
 class DyingEngine:
@@ -39,8 +46,8 @@ class DyingEngine:
         return []
 
 
-def test_a_dying_engine_fails_every_waiting_caller_and_later_calls():
-    loop = EngineLoop(lambda: DyingEngine(expected=4))
+def call_from_threads(loop: EngineLoop, calls: list[list[str]]) -> list[BaseException]:
+    """Run each call in its own thread; every thread must come back (none left blocked); returns their errors."""
     errors: list[BaseException] = []
 
     def call(prompts):
@@ -49,12 +56,19 @@ def test_a_dying_engine_fails_every_waiting_caller_and_later_calls():
         except BaseException as err:  # noqa: BLE001 - collected for the assertion
             errors.append(err)
 
-    threads = [threading.Thread(target=call, args=(["a", "b"],)) for _ in range(2)]
+    threads = [threading.Thread(target=call, args=(prompts,)) for prompts in calls]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
+    return errors
+
+
+def test_a_dying_engine_fails_every_waiting_caller_and_later_calls():
+    loop = EngineLoop(lambda: DyingEngine(expected=4), fatal=FATAL)
+
+    errors = call_from_threads(loop, [["a", "b"], ["c", "d"]])
     assert len(errors) == 2 and all("EngineCore" in str(e) for e in errors)
     with pytest.raises(RuntimeError, match="stopped earlier"):
         loop.generate(["c"], params=None)
@@ -68,10 +82,10 @@ def test_a_rejected_prompt_is_its_rows_error_and_the_call_still_returns():
             self.waiting = 0
             return [finished]
 
-    loop = EngineLoop(lambda: OneShot(expected=99))
+    loop = EngineLoop(lambda: OneShot(expected=99), fatal=FATAL)
     results = loop.generate(["fine", "reject me"], params=None)
     assert results[0] is finished
-    assert isinstance(results[1], ValueError) and not engine_dead(results[1])
+    assert isinstance(results[1], ValueError)
 
 
 def test_the_engine_is_built_and_stepped_in_the_same_thread():
@@ -88,7 +102,7 @@ def test_the_engine_is_built_and_stepped_in_the_same_thread():
             self.waiting = 0
             return [finished]
 
-    loop = EngineLoop(Recording)
+    loop = EngineLoop(Recording, fatal=FATAL)
     assert loop.generate(["fine"], params=None) == [finished]
     assert loop.llm.threads["built"] == loop.llm.threads["stepped"] != threading.get_ident()
 
@@ -98,4 +112,45 @@ def test_an_engine_that_cannot_be_built_fails_the_constructor():
         raise ValueError("kv_cache_memory_bytes is too small")
 
     with pytest.raises(ValueError, match="too small"):
-        EngineLoop(broken)
+        EngineLoop(broken, fatal=FATAL)
+
+
+def test_an_engine_that_dies_while_requests_are_added_fails_every_caller():
+    """vLLM's fatal error from ``enqueue`` is the whole engine's, not the prompt's."""
+
+    class DiesOnThird(DyingEngine):
+        def enqueue(self, prompts, params, use_tqdm=False):
+            if self.waiting == 2:
+                raise EngineDead("EngineCore encountered an issue")
+            return super().enqueue(prompts, params, use_tqdm)
+
+    loop = EngineLoop(lambda: DiesOnThird(expected=99), fatal=FATAL)
+    errors = call_from_threads(loop, [["a", "b", "c"]])
+    assert len(errors) == 1 and isinstance(errors[0], EngineDead)
+    with pytest.raises(RuntimeError, match="stopped earlier"):
+        loop.generate(["d"], params=None)
+
+
+def test_a_failure_outside_the_engine_calls_fails_every_pending_and_later_call():
+    """An output for a request the loop never sent (a bug on either side) breaks the loop's own bookkeeping: the
+    callers must learn of it instead of waiting forever."""
+
+    class Stranger(DyingEngine):
+        def step(self):
+            return [SimpleNamespace(finished=True, request_id="999")]
+
+    loop = EngineLoop(lambda: Stranger(expected=99), fatal=FATAL)
+    errors = call_from_threads(loop, [["a"], ["b", "c"]])
+    # a call that arrives after the loop stopped is refused with the loop's error as its cause
+    assert len(errors) == 2 and all(isinstance(e, KeyError) or isinstance(e.__cause__, KeyError) for e in errors)
+    with pytest.raises(RuntimeError, match="stopped earlier"):
+        loop.generate(["d"], params=None)
+
+
+def test_a_closed_loop_refuses_calls_and_lets_go_of_the_engine():
+    loop = EngineLoop(lambda: DyingEngine(expected=99), fatal=FATAL)
+    loop.close()
+    loop._thread.join(timeout=30)
+    assert not loop._thread.is_alive() and loop.llm is None
+    with pytest.raises(RuntimeError, match="stopped earlier"):
+        loop.generate(["a"], params=None)

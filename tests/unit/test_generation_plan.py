@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from tinyllm_ray.config import load_config
-from tinyllm_ray.generate import (GenerationError, demos_from_pool, merge_stats, plan_shards, rationale_stats,
-                                  teacher_fingerprint)
+from tinyllm_ray.generation_plan import (GenerationError, ShardPlan, demos_from_pool, merge_stats, plan_shards,
+                                         rationale_stats, teacher_fingerprint)
 from tinyllm_ray.prompts import sample_demos
 
 PROBLEMS = {
@@ -31,8 +31,8 @@ def row(id_, rationale="Heat melts ice because it adds energy.", error=None, fin
 ])
 def test_plan_shards_covers_every_problem_once(problems, size, expected):
     shards = plan_shards(problems, size)
-    assert [(s["shard"], s["offset"], s["rows"]) for s in shards] == expected
-    assert sum(s["rows"] for s in shards) == problems
+    assert shards == [ShardPlan(*shard) for shard in expected]
+    assert sum(s.rows for s in shards) == problems
 
 
 def test_stats_of_shards_add_up_to_stats_of_the_whole():
@@ -85,3 +85,27 @@ def test_the_default_sampler_keeps_fingerprints_and_the_fixed_one_changes_them()
     assert teacher_fingerprint(demo, demo.teachers[1], "p", "answer") == "08ea2f78950d31ea"
     fixed = load_config("tiny", ["prompts.demo_sampler=fixed"])
     assert teacher_fingerprint(fixed, fixed.teachers[0], "p", "rationale") != "dc281f4f4e2a82f9"
+
+
+@pytest.mark.parametrize("preset,index,expected", [
+    ("tiny", 0, "7ebd7ae685d82372"), ("tiny", 1, "20633b4c39b64b53"),
+    ("demo", 0, "025b463cc55bd91c"), ("demo", 1, "69c708ac0ea6fde7"),
+])
+def test_teacher_fingerprints_of_the_presets_are_pinned(preset, index, expected):
+    """Built from config.fingerprint_view since issue 16, with the hashes of the hand-picked fields before it."""
+    config = load_config(preset)
+    assert teacher_fingerprint(config, config.teachers[index], "P", "rationale") == expected
+
+
+def test_operational_and_student_fields_leave_the_teacher_fingerprint_alone():
+    base = load_config("tiny")
+    fingerprint = teacher_fingerprint(base, base.teachers[0], "P", "rationale")
+    for override in ("resources.concurrency=3", "resources.shard_size=5", "max_error_rate=0.5",
+                     "engine.enforce_eager=false", "engine.kv_cache_memory_bytes=12345", "rationale_prefix='why: '"):
+        changed = load_config("tiny", [f"teachers.tiny_a.{override}"])
+        assert teacher_fingerprint(changed, changed.teachers[0], "P", "rationale") == fingerprint, override
+    for override in ("sampling.temperature=0.7", "engine.max_model_len=2048", "instruction=Be brief."):
+        changed = load_config("tiny", [f"teachers.tiny_a.{override}"])
+        assert teacher_fingerprint(changed, changed.teachers[0], "P", "rationale") != fingerprint, override
+    changed = load_config("tiny", ["prompts.task_prefix='answer: '"])
+    assert teacher_fingerprint(changed, changed.teachers[0], "P", "rationale") == fingerprint

@@ -9,8 +9,7 @@ they are added. Glue only: vLLM's offline ``LLM.enqueue`` and ``LLMEngine.step``
 The loop's thread also builds the engine. On CPU, PyTorch's OpenMP runtime (libgomp) keeps a pool of worker threads
 for each thread that runs parallel work; an engine built in the actor's main thread and stepped in another leaves
 two pools, so more OpenMP threads than cores, and libgomp then stops spinning between parallel regions: every one
-of a step's many small regions had to wake a sleeping worker (tiny model in a Ray actor: ~1,500 worker wake-ups a
-second, against ~6 with one pool).
+of a step's many small regions has to wake a sleeping worker (measured in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,6 +18,14 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+def vllm_fatal_errors() -> tuple[type[BaseException], ...]:
+    """vLLM's error for an engine that can take no more requests (as opposed to one bad request). Imported when the
+    loop starts, once the engine is built: importing vLLM costs seconds, which ``import`` of this module does not."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return (EngineDeadError,)
 
 
 @dataclass
@@ -48,16 +55,20 @@ class EngineLoop:
     engine. The constructor returns once the engine is built and raises what building it raised.
 
     ``add_lock`` guards request rendering (tokenisation) when callers use the same tokenizer in their own threads;
-    a fast tokenizer used from two threads at once can fail with "Already borrowed".
+    a fast tokenizer used from two threads at once can fail with "Already borrowed". ``fatal``: the exception types
+    an ``enqueue`` raises when the whole engine is gone rather than one prompt rejected (default: vLLM's).
     """
 
-    def __init__(self, make_llm: Callable[[], Any], add_lock: AbstractContextManager | None = None):
+    def __init__(self, make_llm: Callable[[], Any], add_lock: AbstractContextManager | None = None,
+                 fatal: tuple[type[BaseException], ...] | None = None):
         self.llm: Any = None
         self._add_lock = add_lock or nullcontext()
+        self._fatal = fatal
         self._wakeup = threading.Condition()
         self._inbox: list[_Call] = []
         self._running: dict[str, tuple[_Call, int]] = {}
         self._dead: BaseException | None = None
+        self._closing = False
         built = threading.Event()
         self._thread = threading.Thread(target=self._build_and_loop, args=(make_llm, built), name="vllm-engine-loop",
                                         daemon=True)
@@ -82,22 +93,37 @@ class EngineLoop:
             raise call.failure
         return call.results
 
+    def close(self) -> None:
+        """Stop the loop (without waiting for it): calls still waiting fail, later ones are refused, and the loop's
+        thread lets go of the engine."""
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+
     def _build_and_loop(self, make_llm: Callable[[], Any], built: threading.Event) -> None:
         try:
             self.llm = make_llm()
+            if self._fatal is None:
+                self._fatal = vllm_fatal_errors()
         except BaseException as err:  # noqa: BLE001 - handed to the constructor, which raises it
-            self._dead = err
+            self.llm, self._dead = None, err
             return
         finally:
             built.set()
-        self._loop()
+        try:
+            self._loop()
+        except BaseException as err:  # noqa: BLE001 - a bug in the loop itself: no caller may wait forever
+            self._stop(err, [])
 
     def _loop(self) -> None:
         engine = self.llm.llm_engine
         while True:
             with self._wakeup:
-                while not self._inbox and not self._running:
+                while not self._inbox and not self._running and not self._closing:
                     self._wakeup.wait()
+                if self._closing:
+                    self._stop(RuntimeError("the vLLM engine loop was closed"), [])
+                    return
                 new_calls, self._inbox = self._inbox, []
             try:
                 for call in new_calls:
@@ -120,7 +146,7 @@ class EngineLoop:
                 with self._add_lock:
                     [request_id] = self.llm.enqueue([prompt], call.params, use_tqdm=False)
             except Exception as err:  # noqa: BLE001 - a rejected prompt is that row's error, unless the engine died
-                if engine_dead(err):
+                if isinstance(err, self._fatal):
                     raise
                 call.settle(index, err)
                 continue
@@ -128,14 +154,12 @@ class EngineLoop:
             self._running[request_id.split("-", 1)[0]] = (call, index)
 
     def _stop(self, err: BaseException, new_calls: list[_Call]) -> None:
+        """Fail every call not yet answered (reentrant: the loop may hold the lock already)."""
         with self._wakeup:
             self._dead = err
             waiting = {id(c): c for c in [*new_calls, *self._inbox, *(c for c, _ in self._running.values())]}
             self._inbox, self._running = [], {}
+            self.llm = None  # the engine is released with the loop
         for call in waiting.values():
-            call.fail(err)
-
-
-def engine_dead(err: BaseException) -> bool:
-    """vLLM's errors for an engine that can take no more requests (as opposed to one bad request)."""
-    return type(err).__name__ in {"EngineDeadError", "EngineGenerateError"} or "EngineCore" in str(err)
+            if not call.done.is_set():
+                call.fail(err)

@@ -1,0 +1,81 @@
+"""The Ray Data actor that writes a teacher's shards, whatever kind of teacher it holds: it reads each shard's
+problems, picks their demonstrations, asks the teacher, and writes the shard atomically with its stats in the
+Parquet footer. It knows nothing of vLLM."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from tinyllm_ray.config import PromptConfig, TeacherConfig
+from tinyllm_ray.generation_plan import GenerationError, PassPlan, ShardPlan, demos_from_pool, rationale_stats
+from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_rows, write_table
+
+SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds")
+
+
+def shard_descriptor(index: int, shard: ShardPlan) -> dict[str, int]:
+    """One input row of the actor pool: shard ``shard`` of the actor's pass ``index``."""
+    return {"pass": index, "shard": shard.shard, "offset": shard.offset, "rows": shard.rows}
+
+
+class TeacherActor:
+    """Ray Data runs up to ``resources.shards_in_flight`` calls at once in the actor's threads, all through one
+    teacher (built by its kind's ``build``). A retried shard just rewrites its file.
+
+    ``teacher``: the teacher's config (of any kind); ``model_path``: what the kind's ``prepare`` returned; ``demo_pool``: the
+    frozen train problems (or an ObjectRef to them); ``demos``: ``config.prompts``; ``passes``: what shard
+    descriptors can ask for, by index.
+    """
+
+    def __init__(self, teacher: TeacherConfig, model_path: str, demo_pool: Any, demos: dict, passes: list[PassPlan]):
+        import ray
+
+        from tinyllm_ray.teachers import kind_of
+
+        self.teacher = kind_of(teacher).build(teacher, model_path)
+        # Kept as Arrow, read zero-copy from the object store (one copy per node); each problem slices out only its
+        # demos' rows. As Python dicts the pool would cost several times its Arrow size in every actor.
+        self.pool = demo_pool if isinstance(demo_pool, pa.Table) else ray.get(demo_pool)
+        self.demos = PromptConfig.model_validate(demos)
+        self.passes = passes
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        """Generate whole shards (each row of ``batch`` is a :func:`shard_descriptor`); one small summary row per
+        shard comes back, for progress and metrics."""
+        summary: dict[str, list] = {key: [] for key in SUMMARY_KEYS}
+        for index, shard, offset, count in zip(batch["pass"], batch["shard"], batch["offset"], batch["rows"]):
+            start = time.time()
+            stats = self.write_shard(self.passes[int(index)], ShardPlan(int(shard), int(offset), int(count)))
+            for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
+                               ("errors", stats["errors"]), ("generated_tokens", stats["generated_tokens"]),
+                               ("node", self.node_id), ("seconds", time.time() - start)):
+                summary[key].append(value)
+        return summary
+
+    def write_shard(self, plan: PassPlan, shard: ShardPlan) -> dict[str, Any]:
+        """Generate one shard and write it with its stats (and node) in the footer; returns the stats."""
+        # the demo pool is the train split, already in memory: a train shard is a slice of it
+        rows = (self.pool.slice(shard.offset, shard.rows) if plan.in_demo_pool
+                else read_rows(plan.problems_path, shard.offset, shard.rows, PROBLEM_SCHEMA))
+        problems = rows.to_pylist()
+        demos = demos_from_pool(self.pool, problems, shard.offset if plan.in_demo_pool else None,
+                                self.demos.num_demos, self.demos.demo_seed, self.demos.demo_sampler)
+        result = self.teacher.rationales(problems, demos, plan.teacher_pass.mode, plan.sampling)
+        if [r["id"] for r in result.rows] != [p["id"] for p in problems]:
+            raise GenerationError(f"the teacher returned rows for other problems than shard {shard.shard}'s "
+                                  "(a teacher must return one row per problem, in order)")
+        table = pa.Table.from_pylist(result.rows, schema=RATIONALE_SCHEMA)
+        stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
+        stats["cached_prompt_tokens"] = result.cached_prompt_tokens
+        write_table(table, plan.shard_path(shard.shard), footer={"stats": stats, "node": self.node_id})
+        return stats
+
+    def __del__(self):
+        """Ray Data deletes the actor's callable when the actor exits gracefully: the teacher lets go then."""
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None:
+            teacher.close()
