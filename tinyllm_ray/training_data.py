@@ -1,4 +1,5 @@
-"""The multi-task training set and its tokenisation. Pure: pyarrow in, plain tensors out; no Ray, no DeepSpeed.
+"""The multi-task training set and its tokenisation. Pure: pyarrow in, plain tensors out; no Ray, no DeepSpeed
+(torch only where tensors are made, so the training plan imports this without torch).
 
 One training row per problem holds the student input, the gold answer and one rationale per distilled teacher
 (null when that teacher's row failed or is filtered). Collation expands a row into 1 + M sequences:
@@ -15,7 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tinyllm_ray import prompts, quality
-from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import training_schema
 
 
@@ -169,6 +169,8 @@ class Collator:
 
     def _pad_group(self, sources: list[list[int]], targets: list[list[int]], task_ids: list[int]) -> dict[str, Any]:
         import torch
+
+        from tinyllm_ray.losses import IGNORE_INDEX  # losses imports torch: only where tensors are made
 
         pad = self.tokenizer.pad_token_id
         if self.seq2seq:

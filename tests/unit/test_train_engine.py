@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinyllm_ray.train import skip_single_rank_collectives
+from tinyllm_ray.train_worker import skip_single_rank_collectives
 
 
 def fake_engine(stage=0, dp=1, optimizer=None):
