@@ -1,6 +1,18 @@
 """Recipe: accuracy of the student (answer prefix only) and of each teacher asked without the gold answer.
 
-Writes ``evaluation/report.json`` (with per-problem predictions) and ``evaluation/report.md`` (a table).
+The student is scored by ``evaluation.method`` (:mod:`tinyllm_ray.scoring`: the paper's greedy answer + exact
+match, lm-evaluation-harness's option log-likelihood, or both side by side) in one Ray task that loads it once.
+Every accuracy comes with its 95 % Wilson interval (:mod:`tinyllm_ray.stats`).
+
+Writes ``evaluation/report.json`` and ``evaluation/report.md`` (:class:`~tinyllm_ray.layout.RunLayout` names them),
+then the manifest, whose ``fingerprint`` (:func:`evaluation_fingerprint`) says which student, problems and
+settings the report scored, so a sweep can reuse it (:func:`tinyllm_ray.artifacts.reusable`).
+
+report.json: ``job``, ``dataset``, ``split``, ``methods`` (the student's, in order), ``level`` (0.95),
+``interval_method`` ("wilson"), ``seconds`` and ``results``: one entry per model and method, each ``name``,
+``role`` (student / teacher), ``method``, ``accuracy``, ``correct``, ``total``, ``interval`` ([low, high]) and
+``predictions`` (per problem: ``id``, ``prediction``, ``gold``, ``correct``, and for log-likelihood the option
+``picked`` with every option's ``loglikelihoods`` and ``scores``).
 """
 
 from __future__ import annotations
@@ -8,48 +20,34 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from tinyllm_ray import prompts
-from tinyllm_ray.config import JobConfig
+from tinyllm_ray.config import JobConfig, stable_hash
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import ArtifactError, RATIONALE_SCHEMA, read_manifest, read_table, write_manifest
+from tinyllm_ray.scoring import ScoringOptions, methods_of, score_student
+from tinyllm_ray.stats import LEVEL, wilson_interval
 
 log = logging.getLogger("tinyllm_ray")
+REPORT_FORMAT = 2  # 2: methods, intervals; part of the fingerprint, so older reports are not reused
 
 
-def student_predictions(model_dir: str, seq2seq: bool, problems: list[dict], task_prefix: str,
-                        batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy answers of an HF student for each problem (runs wherever it is called: a Ray task on clusters)."""
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    model = cls.from_pretrained(model_dir).to(device).eval()
-    texts = [prompts.student_prompt(task_prefix, prompts.student_input(p)) for p in problems]
-    answers: list[str] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="student eval", unit="batch"):
-        chunk = texts[start:start + batch_size]
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        with torch.no_grad():
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-        if not seq2seq:
-            output = output[:, encoded["input_ids"].shape[1]:]
-        answers.extend(t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True))
-    return answers
+def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy, counts and the Wilson interval of per-problem rows that carry ``correct``."""
+    total = len(rows)
+    hits = sum(bool(r["correct"]) for r in rows)
+    low, high = wilson_interval(hits, total, LEVEL)
+    return {"accuracy": hits / total if total else 0.0, "correct": hits, "total": total, "interval": [low, high]}
 
 
 def score(problems: list[dict], predictions: list[str], parse: bool) -> dict[str, Any]:
-    """Accuracy: the student must produce the gold option text (normalised); teachers may name a letter."""
+    """Accuracy of free-text answers: the student must produce the gold option text (normalised); teachers may
+    name a letter (``parse``)."""
     rows = []
     for problem, prediction in zip(problems, predictions):
         if parse:
@@ -58,18 +56,48 @@ def score(problems: list[dict], predictions: list[str], parse: bool) -> dict[str
         else:
             correct = prompts.exact_match(prediction, problem["answer"])
         rows.append({"id": problem["id"], "prediction": prediction, "gold": problem["answer"], "correct": correct})
-    total = len(rows)
-    hits = sum(r["correct"] for r in rows)
-    return {"accuracy": hits / total if total else 0.0, "correct": hits, "total": total, "predictions": rows}
+    return {**summarise(rows), "predictions": rows}
+
+
+def result_key(entry: Mapping[str, Any]) -> str:
+    """A result's name, with its method unless that is the default ``generate`` (manifest and `inspect` keys)."""
+    method = entry.get("method", "generate")
+    return entry["name"] if method == "generate" else f"{entry['name']} [{method}]"
+
+
+def _interval_text(entry: Mapping[str, Any]) -> str:
+    low, high = entry["interval"]
+    return f"{low:.1%} - {high:.1%}"
 
 
 def render_table(report: dict[str, Any]) -> str:
+    level = report.get("level", LEVEL)
     lines = [f"# Evaluation: {report['job']} ({report['dataset']}, split {report['split']})", "",
-             "| model | role | accuracy | correct / total |", "|---|---|---|---|"]
+             f"| model | role | method | accuracy | {level:.0%} interval | correct / total |",
+             "|---|---|---|---|---|---|"]
     for entry in report["results"]:
-        lines.append(f"| {entry['name']} | {entry['role']} | {entry['accuracy']:.2%} | "
-                     f"{entry['correct']} / {entry['total']} |")
+        lines.append(f"| {entry['name']} | {entry['role']} | {entry.get('method', 'generate')} | "
+                     f"{entry['accuracy']:.2%} | {_interval_text(entry)} | {entry['correct']} / {entry['total']} |")
+    lines += ["", f"Intervals: Wilson score, {level:.0%}. Methods: generate = greedy answer, exact match to the gold "
+              "option (teachers: the option their answer names); loglikelihood = the option with the highest "
+              "log-likelihood per character (lm-evaluation-harness acc_norm)."]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_fingerprint(config: JobConfig, layout: RunLayout, student: Mapping[str, Any]) -> str:
+    """What a student's report depends on: the exact student (its manifest), the frozen eval problems and the
+    evaluation settings (teachers' answers have fingerprints of their own)."""
+    problems = (read_manifest(layout.problems) or {}).get("fingerprint")
+    return stable_hash({"report_format": REPORT_FORMAT, "student": student["fingerprint"],
+                        "student_written": student["created_unix"], "problems": problems,
+                        "evaluation": config.evaluation.model_dump(mode="json"), "split": config.data.eval_split,
+                        "task_prefix": config.prompts.task_prefix})
+
+
+def student_results(problems: list[dict], model: str, rows_by_method: Mapping[str, list[dict]]) -> list[dict]:
+    """One report entry per scoring method, in the methods' order."""
+    return [{"name": f"student ({Path(model).name})", "role": "student", "method": method,
+             **summarise(rows), "predictions": rows} for method, rows in rows_by_method.items()]
 
 
 def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout | None = None) -> dict[str, Any]:
@@ -86,29 +114,32 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
         raise ArtifactError(f"no finished student at {layout.student}: run `tinyllm-ray train` first")
     problems_table: pa.Table = load_frozen_problems(layout, "eval")
     problems = problems_table.to_pylist()
+    methods = methods_of(config.evaluation.method)
     connect(config)
     start = time.time()
     num_gpus = 1 if config.training.use_gpu else 0
     # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU; scheduled on
     # the cluster, not in the caller's placement group (a sweep's Tune trial has no room for it there).
     predict = ray.remote(num_cpus=1, num_gpus=num_gpus, resources=dict(config.training.custom_resources_per_worker),
-                         scheduling_strategy="DEFAULT")(student_predictions)
-    answers = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, config.prompts.task_prefix,
-                                     config.evaluation.batch_size, config.evaluation.max_new_tokens))
-    results = [{"name": f"student ({Path(student['model']).name})", "role": "student",
-                **score(problems, answers, parse=False)}]
+                         scheduling_strategy="DEFAULT")(score_student)
+    options = ScoringOptions(config.prompts.task_prefix, config.evaluation.batch_size, config.evaluation.max_new_tokens)
+    rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options))
+    results = student_results(problems, student["model"], rows_by_method)
     if config.evaluation.teachers if teachers is None else teachers:
         run_teachers(config, layout, config.teachers, [answer_pass(config, layout)])
         for teacher in config.teachers:
             table = read_table(layout.teacher_answers / teacher.name, RATIONALE_SCHEMA)
             by_id = {r["id"]: r["rationale"] for r in table.to_pylist()}
-            results.append({"name": teacher.name, "role": "teacher",
+            results.append({"name": teacher.name, "role": "teacher", "method": "generate",
                             **score(problems, [by_id.get(p["id"], "") for p in problems], parse=True)})
     report = {"job": config.name, "dataset": config.data.dataset, "split": config.data.eval_split,
+              "methods": list(methods), "level": LEVEL, "interval_method": "wilson",
               "seconds": round(time.time() - start, 2), "results": results}
     layout.evaluation.mkdir(parents=True, exist_ok=True)
-    (layout.evaluation / "report.json").write_text(json.dumps(report, indent=2))
-    (layout.evaluation / "report.md").write_text(render_table(report))
-    write_manifest(layout.evaluation, student_fingerprint=student["fingerprint"],
-                   accuracy={r["name"]: r["accuracy"] for r in results})
+    layout.report_json.write_text(json.dumps(report, indent=2))
+    layout.report_md.write_text(render_table(report))
+    write_manifest(layout.evaluation, fingerprint=evaluation_fingerprint(config, layout, student),
+                   student_fingerprint=student["fingerprint"], methods=list(methods),
+                   accuracy={result_key(r): r["accuracy"] for r in results},
+                   interval={result_key(r): r["interval"] for r in results})
     return report

@@ -14,31 +14,36 @@ cluster's CPUs/GPUs/custom resources fit with one CPU kept free (:func:`default_
 A failing trial is a row with an ``error``, never the end of the sweep. A rerun reuses every finished student and
 evaluation, so an interrupted sweep resumes where it stopped.
 
-Results: ``<output_dir>/sweep/results.{json,csv,md,png}`` and a manifest, written last.
+Results (:mod:`tinyllm_ray.sweep_results`): one row per trial and scoring method, each accuracy with its 95 % Wilson
+interval and, for every trial, the paired difference to the answer-only baseline of the same student and data
+fraction on the same problems (Newcombe's interval, exact McNemar p), read from the trials' evaluation reports;
+``<output_dir>/sweep/results.{json,csv,md,png}`` and a manifest, written last.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import re
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tinyllm_ray import sweep_results
 from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.config import JobConfig, TrainingConfig, config_to_yaml, stable_hash
 from tinyllm_ray.layout import RunLayout
-from tinyllm_ray.schemas import read_manifest, write_manifest
+from tinyllm_ray.schemas import write_manifest
+from tinyllm_ray.scoring import methods_of
+from tinyllm_ray.sweep_results import (  # noqa: F401 - the results API, also importable from here
+    BASELINE_KINDS, COLUMNS, compare_to_baselines, plot, ranked, render_csv, render_markdown, student_entries,
+    summary, write_results,
+)
 
 log = logging.getLogger("tinyllm_ray")
 
 Kind = Literal["tinyllm", "single_teacher", "answer_only"]
-BASELINE_KINDS = ("answer_only", "single_teacher")
 # The trial function only drives Ray Train and evaluation; Tune needs some resource to place it.
 DRIVER_CPUS = 0.1
 # Logical CPUs left free for Ray Data ingest (with none, training hangs silently) and evaluation tasks.
@@ -67,8 +72,7 @@ def _kind(teachers: Sequence[str]) -> Kind:
     return "answer_only" if not teachers else "single_teacher" if len(teachers) == 1 else "tinyllm"
 
 
-def _number(value: float) -> str:
-    return format(value, "g")
+_number = sweep_results.number
 
 
 def _safe(text: str) -> str:
@@ -188,125 +192,22 @@ def default_concurrency(cluster: Mapping[str, float], training: TrainingConfig,
     return max(1, min(fits, default=1))
 
 
-# ---------------------------------------------------------------- results (pure)
+# ---------------------------------------------------------------- results (the pure part: sweep_results.py)
 
-COLUMNS = ("name", "kind", "teachers", "alpha", "student", "data_fraction", "accuracy", "correct", "total",
-           "optimizer_steps", "train_seconds", "error")
-
-
-def result_row(trial: Trial, config: JobConfig, outcome: Mapping[str, Any] | None, error: str | None) -> dict:
-    outcome = outcome or {}
-    return {"name": trial.name, "kind": trial.kind, "teachers": list(trial.teachers),
-            "alpha": trial_alpha(trial_config(config, trial)), "student": trial.student,
-            "data_fraction": trial.data_fraction, "accuracy": outcome.get("accuracy"),
-            "correct": outcome.get("correct"), "total": outcome.get("total"),
-            "optimizer_steps": outcome.get("optimizer_steps"), "train_seconds": outcome.get("train_seconds"),
-            "error": error or outcome.get("error") or None}
-
-
-def ranked(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Best accuracy first; failed trials last; ties by name."""
-    return sorted(rows, key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0), r["name"]))
-
-
-def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    scored = [r for r in ranked(rows) if r["accuracy"] is not None]
-    best = next((r for r in scored if r["kind"] == "tinyllm"), None)
-    return {"best": best["name"] if best else None,
-            "baselines": {r["name"]: r["accuracy"] for r in scored if r["kind"] in BASELINE_KINDS},
-            "failed": [r["name"] for r in rows if r["error"]]}
-
-
-def _alpha_text(alpha: Mapping[str, float]) -> str:
-    return " ".join(f"{name}={_number(weight)}" for name, weight in alpha.items())
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def render_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
-    lines = [f"# Sweep: {title}", "",
-             "| trial | kind | teachers | alpha | student | data | accuracy | correct / total | steps | train s | error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in ranked(rows):
-        error = (r["error"] or "").replace("|", "/").replace("\n", " ")[:120]
-        seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['name']} | {r['kind']} | {'+'.join(r['teachers']) or '-'} | {_alpha_text(r['alpha']) or '-'}"
-                     f" | {r['student']} | {_number(r['data_fraction'])} | {_percent(r['accuracy'])} | "
-                     f"{r['correct'] if r['correct'] is not None else '-'} / {r['total'] if r['total'] is not None else '-'}"
-                     f" | {r['optimizer_steps'] if r['optimizer_steps'] is not None else '-'} | {seconds} | {error} |")
-    facts = summary(rows)
-    by_name = {r["name"]: r for r in rows}
-    lines.append("")
-    if facts["best"]:
-        lines.append(f"Best multi-teacher (TinyLLM) trial: **{facts['best']}**, "
-                     f"accuracy {_percent(by_name[facts['best']]['accuracy'])}.")
-    else:
-        lines.append("No multi-teacher (TinyLLM) trial finished.")
-    if facts["baselines"]:
-        lines.append("Baselines: " + "; ".join(f"{name} {_percent(acc)}" for name, acc in facts["baselines"].items())
-                     + ".")
-    if facts["failed"]:
-        lines.append(f"Failed trials ({len(facts['failed'])}): {', '.join(facts['failed'])}; see the error column.")
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({**{k: r[k] for k in COLUMNS}, "teachers": "+".join(r["teachers"]),
-                         "alpha": _alpha_text(r["alpha"])})
-    return out.getvalue()
-
-
-KIND_COLOURS = {"tinyllm": "#1f77b4", "single_teacher": "#ff7f0e", "answer_only": "#7f7f7f"}
-
-
-def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """Horizontal bars of accuracy per trial, best on top, coloured by kind; failed trials marked."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe in any process
-    from matplotlib.patches import Patch
-
-    ordered = list(reversed(ranked(rows)))
-    fig = Figure(figsize=(8, 1.2 + 0.35 * len(ordered)), layout="constrained")
-    ax = fig.add_subplot()
-    ax.barh([r["name"] for r in ordered], [r["accuracy"] or 0.0 for r in ordered],
-            color=[KIND_COLOURS[r["kind"]] for r in ordered])
-    for index, r in enumerate(ordered):
-        ax.text((r["accuracy"] or 0.0) + 0.01, index, "failed" if r["error"] else _percent(r["accuracy"]),
-                va="center", fontsize=8)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel("accuracy (held-out split)")
-    ax.set_title(title)
-    ax.legend(handles=[Patch(color=c, label=k) for k, c in KIND_COLOURS.items()], loc="lower right", fontsize=8)
-    fig.savefig(path, dpi=100)
-
-
-def write_results(directory: Path, rows: Sequence[Mapping[str, Any]], title: str, **extra: Any) -> dict[str, Any]:
-    """results.json / .csv / .md / .png in ``directory``; returns the JSON payload."""
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {"title": title, **summary(rows), **extra, "trials": list(rows)}
-    (directory / "results.json").write_text(json.dumps(payload, indent=2))
-    (directory / "results.csv").write_text(render_csv(rows))
-    (directory / "results.md").write_text(render_markdown(rows, title))
-    plot(rows, directory / "results.png", title)
-    return payload
+def result_rows(trial: Trial, config: JobConfig, outcome: Mapping[str, Any] | None, error: str | None,
+                entries: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A trial's rows, one per scoring method of ``config.evaluation.method`` (:func:`sweep_results.result_rows`)."""
+    return sweep_results.result_rows(trial, trial_alpha(trial_config(config, trial)),
+                                     methods_of(config.evaluation.method), outcome, error, entries)
 
 
 # ---------------------------------------------------------------- one trial (runs in the Tune trial actor)
 
-def _evaluation_key(config: JobConfig, student: Mapping[str, Any]) -> str:
-    return stable_hash({"student": student["fingerprint"], "student_written": student["created_unix"],
-                        "evaluation": config.evaluation.model_dump(mode="json"), "split": config.data.eval_split,
-                        "task_prefix": config.prompts.task_prefix})
-
-
 def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str, Any]:
-    """Train (or reuse) and evaluate (or reuse) one trial; any failure becomes ``{"error": ...}``."""
-    from tinyllm_ray.evaluate import evaluate
+    """Train (or reuse) and evaluate (or reuse) one trial; any failure becomes ``{"error": ...}``. The evaluation
+    is reused when its manifest records this student's evaluation fingerprint (:func:`artifacts.reusable`)."""
+    from tinyllm_ray.artifacts import reusable
+    from tinyllm_ray.evaluate import evaluate, evaluation_fingerprint
     from tinyllm_ray.train import train
 
     layout = RunLayout.of(config.output_dir).trial(trial.name)
@@ -315,19 +216,26 @@ def run_trial(config: JobConfig, trial: Trial, force: bool = False) -> dict[str,
         layout.work.mkdir(parents=True, exist_ok=True)
         layout.config.write_text(config_to_yaml(job))
         student = train(job, force=force, layout=layout)
-        key = _evaluation_key(job, student)
-        marker = layout.work / "trial.json"
-        previous = json.loads(marker.read_text()) if marker.is_file() else {}
-        if not force and previous.get("evaluation_key") == key and read_manifest(layout.evaluation):
-            result = previous["student"]
+        key = evaluation_fingerprint(job, layout, student)
+        manifest = reusable(layout.evaluation, key, force=force)
+        # an evaluation written before it recorded a fingerprint is redone (reusable keeps unfingerprinted ones)
+        if manifest is not None and manifest.get("fingerprint") == key and layout.report_json.is_file():
+            log.info("trial %s: reusing its evaluation", trial.name)
+            report = json.loads(layout.report_json.read_text())
         else:
             report = evaluate(job, teachers=False, layout=layout)
-            result = {k: v for k, v in report["results"][0].items() if k in ("accuracy", "correct", "total")}
-            marker.write_text(json.dumps({"evaluation_key": key, "student": result}))
-        return {**result, "optimizer_steps": student.get("optimizer_steps"), "train_seconds": student.get("seconds")}
+        first = report["results"][0]
+        return {"accuracy": first["accuracy"], "correct": first["correct"], "total": first["total"],
+                "optimizer_steps": student.get("optimizer_steps"), "train_seconds": student.get("seconds")}
     except Exception as err:  # noqa: BLE001 - one failing trial must not end the sweep
         log.exception("trial %s failed", trial.name)
         return {"error": f"{type(err).__name__}: {err}"[:2000]}
+
+
+def trial_entries(config: JobConfig, trial: Trial) -> dict[str, Mapping[str, Any]] | None:
+    """The student's entries (by method) of a trial's evaluation report, or None when it has none."""
+    path = RunLayout.of(config.output_dir).trial(trial.name).report_json
+    return student_entries(json.loads(path.read_text())) if path.is_file() else None
 
 
 def _tune_trial(params: dict[str, Any], job: dict[str, Any], trials: dict[str, dict[str, Any]], force: bool) -> None:
@@ -385,13 +293,18 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
         name = (result.config or {}).get("trial")
         error = f"{type(result.error).__name__}: {result.error}"[:2000] if result.error else None
         outcomes[name] = (dict(result.metrics or {}), error)
-    rows = []
+    rows, entries = [], {}
     for trial in trials:
         metrics, error = outcomes.get(trial.name, ({}, "Tune did not run this trial"))
-        rows.append(result_row(trial, config, metrics, error))
+        found = None if error or metrics.get("error") else trial_entries(config, trial)
+        if found is not None:
+            entries[trial.name] = found
+        rows += result_rows(trial, config, metrics, error, found)
+    rows = compare_to_baselines(rows, entries)
     payload = write_results(layout.sweep, rows, f"{config.name} ({config.data.dataset}, split {config.data.eval_split})",
                             max_concurrent_trials=concurrency, seconds=round(time.time() - start, 2))
     write_manifest(layout.sweep, fingerprint=stable_hash([asdict(t) for t in trials]), trials=[t.name for t in trials],
-                   failed=payload["failed"], best=payload["best"], max_concurrent_trials=concurrency,
+                   failed=payload["failed"], best=payload["best"], significant=payload["significant"],
+                   max_concurrent_trials=concurrency,
                    seconds=payload["seconds"])
     return payload

@@ -13,9 +13,14 @@ from typer.testing import CliRunner
 
 from tinyllm_ray.cli import app
 from tinyllm_ray.config import ConfigError, TrainingConfig, load_config
+from tinyllm_ray.evaluate import summarise
+from tinyllm_ray.stats import PairedTable, newcombe_paired_interval, wilson_interval
 from tinyllm_ray.sweep import (
-    Trial, default_concurrency, plan_trials, render_csv, render_markdown, result_row, student_labels, summary,
-    teachers_needed, trial_config, trial_need, trial_resources, write_results,
+    Trial, default_concurrency, plan_trials, result_rows, student_labels, teachers_needed, trial_config, trial_need,
+    trial_resources,
+)
+from tinyllm_ray.sweep_results import (
+    COLUMNS, compare_to_baselines, render_csv, render_markdown, student_entries, summary, write_results,
 )
 
 SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -149,50 +154,118 @@ def test_a_trial_holds_its_driver_and_its_workers():
     assert trial_need(TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)) == {"CPU": 6.1, "GPU": 3.0}
 
 
-def _rows():
-    config = load_config("tiny", ["sweep.alpha=[0.5]"])
-    trials = plan_trials(config)
-    outcomes = {
-        "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1": {"accuracy": 0.5, "correct": 4, "total": 8,
-                                                     "optimizer_steps": 2, "train_seconds": 31.2},
-        "answer-only-tiny-llama-f1": {"accuracy": 0.25, "correct": 2, "total": 8, "optimizer_steps": 2,
-                                      "train_seconds": 30.0},
-        "single-tiny_a-a0.5-tiny-llama-f1": {"accuracy": 0.625, "correct": 5, "total": 8, "optimizer_steps": 2,
-                                             "train_seconds": 29.0},
-        "single-tiny_b-a0.5-tiny-llama-f1": {"error": "TrainingError: boom | twice"},
-    }
-    return [result_row(t, config, outcomes[t.name], None) for t in trials]
+IDS = [f"q{i:02d}" for i in range(16)]
+TINYLLM, ANSWER_ONLY = "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1", "answer-only-tiny-llama-f1"
+SINGLE_A, SINGLE_B = "single-tiny_a-a0.5-tiny-llama-f1", "single-tiny_b-a0.5-tiny-llama-f1"
+
+
+def _entry(right: int, method: str = "generate") -> dict:
+    """A student report entry (as evaluate writes it) that gets the first ``right`` of 16 problems right."""
+    predictions = [{"id": i, "prediction": "x", "gold": "x", "correct": n < right} for n, i in enumerate(IDS)]
+    return {"name": "student (tiny-llama)", "role": "student", "method": method, **summarise(predictions),
+            "predictions": predictions}
+
+
+# answer-only gets q00-q03 right; tinyllm also q04-q07 (4 more, none fewer); single_a also q04-q09 (6 more)
+RIGHT = {TINYLLM: 8, ANSWER_ONLY: 4, SINGLE_A: 10}
+TRAINING = {TINYLLM: {"optimizer_steps": 2, "train_seconds": 31.2}, ANSWER_ONLY: {"optimizer_steps": 2,
+            "train_seconds": 30.0}, SINGLE_A: {"optimizer_steps": 2, "train_seconds": 29.0},
+            SINGLE_B: {"error": "TrainingError: boom | twice"}}
+
+
+def _rows(methods: tuple[str, ...] = ("generate",)):
+    config = load_config("tiny", ["sweep.alpha=[0.5]", f"evaluation.method={'both' if len(methods) > 1 else methods[0]}"])
+    entries = {name: {m: _entry(right, m) for m in methods} for name, right in RIGHT.items()}
+    rows = []
+    for trial in plan_trials(config):
+        rows += result_rows(trial, config, TRAINING[trial.name], None, entries.get(trial.name))
+    return compare_to_baselines(rows, entries)
 
 
 def test_result_rows_and_summary():
     rows = _rows()
-    assert [r["name"] for r in rows][0] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"
+    assert [r["name"] for r in rows] == [TINYLLM, ANSWER_ONLY, SINGLE_A, SINGLE_B]
+    assert all(list(r) == list(COLUMNS) for r in rows)
     assert rows[0]["alpha"] == {"tiny_a": 0.5, "tiny_b": 0.5} and rows[0]["teachers"] == ["tiny_a", "tiny_b"]
     assert rows[1]["alpha"] == {} and rows[1]["kind"] == "answer_only"
+    assert (rows[0]["accuracy"], rows[0]["correct"], rows[0]["total"], rows[0]["method"]) == (0.5, 8, 16, "generate")
+    assert (rows[0]["interval_low"], rows[0]["interval_high"]) == pytest.approx(wilson_interval(8, 16))
     failed = rows[3]
     assert failed["accuracy"] is None and failed["error"].startswith("TrainingError")
     facts = summary(rows)
-    assert facts["best"] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"   # best non-baseline, not best overall
-    assert facts["baselines"] == {"single-tiny_a-a0.5-tiny-llama-f1": 0.625, "answer-only-tiny-llama-f1": 0.25}
-    assert facts["failed"] == ["single-tiny_b-a0.5-tiny-llama-f1"]
+    assert facts["best"] == TINYLLM   # best non-baseline, not best overall
+    assert facts["baselines"] == {SINGLE_A: 0.625, ANSWER_ONLY: 0.25}
+    assert facts["failed"] == [SINGLE_B]
 
 
-def test_markdown_is_sorted_by_accuracy_and_names_best_and_baselines():
+def test_every_trial_is_compared_with_the_answer_only_baseline_on_the_same_problems():
+    rows = {r["name"]: r for r in _rows()}
+    assert rows[ANSWER_ONLY]["baseline"] is None and rows[ANSWER_ONLY]["mcnemar_p"] is None  # itself
+    assert rows[SINGLE_B]["baseline"] is None  # failed: nothing to compare
+    tinyllm, single = rows[TINYLLM], rows[SINGLE_A]
+    assert tinyllm["baseline"] == single["baseline"] == ANSWER_ONLY
+    # tinyllm vs answer-only: 4 problems only tinyllm gets right, none the other way: 2 * (1/2)^4 = 0.125
+    assert (tinyllm["only_trial_correct"], tinyllm["only_baseline_correct"]) == (4, 0)
+    assert tinyllm["difference"] == pytest.approx(4 / 16) and tinyllm["mcnemar_p"] == pytest.approx(0.125)
+    assert tinyllm["significant"] is False
+    assert (tinyllm["difference_low"], tinyllm["difference_high"]) == pytest.approx(
+        newcombe_paired_interval(PairedTable(both=4, only_x=4, only_y=0, neither=8)))
+    # single_a: 6 only it gets right: 2 * (1/2)^6 = 0.03125 < 0.05
+    assert single["difference"] == pytest.approx(6 / 16) and single["mcnemar_p"] == pytest.approx(0.03125)
+    assert single["significant"] is True and single["difference_low"] > 0
+    assert summary(list(rows.values()))["significant"] == [
+        {"name": SINGLE_A, "method": "generate", "difference": 0.375, "mcnemar_p": pytest.approx(0.03125)}]
+
+
+def test_two_methods_give_two_rows_per_trial_each_compared_within_its_method():
+    rows = _rows(("generate", "loglikelihood"))
+    assert [(r["name"], r["method"]) for r in rows[:2]] == [(TINYLLM, "generate"), (TINYLLM, "loglikelihood")]
+    assert len(rows) == 8 and all(r["error"] for r in rows if r["name"] == SINGLE_B)
+    assert all(r["baseline"] == ANSWER_ONLY for r in rows if r["name"] in (TINYLLM, SINGLE_A))
+    facts = summary(rows)
+    assert facts["comparisons"] == 4 and facts["failed"] == [SINGLE_B]
+    assert [(s["name"], s["method"]) for s in facts["significant"]] == [(SINGLE_A, "generate"),
+                                                                        (SINGLE_A, "loglikelihood")]
+    text = render_markdown(rows, "tiny")
+    assert f"**{SINGLE_A} (loglikelihood)** +37.5 pp" in text
+    entries = student_entries({"results": [_entry(3, "loglikelihood"), {"role": "teacher", "name": "t"},
+                                           {k: v for k, v in _entry(2).items() if k != "method"}]})
+    assert sorted(entries) == ["generate", "loglikelihood"] and entries["generate"]["correct"] == 2
+
+
+def test_a_failed_baseline_leaves_the_comparison_empty():
+    config = load_config("tiny", ["sweep.alpha=[0.5]"])
+    rows = []
+    for trial in plan_trials(config):
+        training = {"error": "TrainingError: no"} if trial.name == ANSWER_ONLY else TRAINING[trial.name]
+        rows += result_rows(trial, config, training, None, {"generate": _entry(RIGHT.get(trial.name, 0))})
+    rows = compare_to_baselines(rows, {})
+    assert all(r["mcnemar_p"] is None for r in rows)
+    assert "No trial could be compared with an answer-only baseline" in render_markdown(rows, "tiny")
+
+
+def test_markdown_is_sorted_by_accuracy_and_names_best_baselines_and_significance():
     text = render_markdown(_rows(), "tiny")
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
-    assert [line.split(" | ")[0][2:] for line in table] == [
-        "single-tiny_a-a0.5-tiny-llama-f1", "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1",
-        "answer-only-tiny-llama-f1", "single-tiny_b-a0.5-tiny-llama-f1"]
-    assert all(line.count(" | ") == 10 for line in table)  # the error's "|" does not break the table
-    assert "| 62.50% | 5 / 8 | 2 | 29 |" in table[0]
-    assert "Best multi-teacher (TinyLLM) trial: **tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1**, accuracy 50.00%" in text
-    assert "answer-only-tiny-llama-f1 25.00%" in text and "Failed trials (1)" in text
+    assert [line.split(" | ")[0][2:] for line in table] == [SINGLE_A, TINYLLM, ANSWER_ONLY, SINGLE_B]
+    assert all(line.count(" | ") == 15 for line in table)  # the error's "|" does not break the table
+    low, high = wilson_interval(10, 16)
+    assert f"| generate | 62.50% | {low:.1%} - {high:.1%} | 10 / 16 | +37.5 pp * |" in table[0]
+    assert "| 0.0312 | 2 | 29 |" in table[0]
+    assert "| 25.00% |" in table[2] and "| - | - | - | 2 | 30 |" in table[2]  # the baseline: nothing to compare
+    assert f"Best multi-teacher (TinyLLM) trial (generate): **{TINYLLM}**, accuracy 50.00%" in text
+    assert f"{ANSWER_ONLY} 25.00%" in text and "Failed trials (1)" in text
+    assert f"Significant at 5% (1 of 2, marked *): **{SINGLE_A}** +37.5 pp" in text and "p = 0.0312" in text
+    assert f"Not significant: {TINYLLM} +25.0 pp" in text and "p = 0.125" in text
+    assert "With 2 comparisons, about 0.1 would reach p < 0.05 by chance alone" in text
 
 
 def test_csv_and_files(tmp_path):
     rows = _rows()
     parsed = list(csv.DictReader(io.StringIO(render_csv(rows))))
     assert len(parsed) == 4 and parsed[0]["teachers"] == "tiny_a+tiny_b" and parsed[0]["alpha"] == "tiny_a=0.5 tiny_b=0.5"
+    assert list(parsed[0]) == list(COLUMNS) and parsed[0]["baseline"] == ANSWER_ONLY
+    assert float(parsed[2]["mcnemar_p"]) == pytest.approx(0.03125) and parsed[2]["significant"] == "True"
     assert parsed[3]["accuracy"] == "" and parsed[3]["error"].startswith("TrainingError")
     payload = write_results(tmp_path / "sweep", rows, "tiny", max_concurrent_trials=2)
     for name in ("results.json", "results.csv", "results.md"):
@@ -200,3 +273,6 @@ def test_csv_and_files(tmp_path):
     assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "sweep" / "results.json").read_text()) == payload
     assert payload["trials"] == rows and payload["max_concurrent_trials"] == 2
+    assert [s["name"] for s in payload["significant"]] == [SINGLE_A]
+    write_results(tmp_path / "both", _rows(("generate", "loglikelihood")), "tiny")  # the plot labels methods
+    assert (tmp_path / "both" / "results.png").is_file()
