@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tinyllm_ray.config import JobConfig
 from tinyllm_ray.errors import TinyLLMError
@@ -51,12 +52,17 @@ def problems(job: JobConfig, stage: str, only: Sequence[str] | None = None,
         found.append(f"--teacher names unknown teacher(s) {unknown}; known: {names}")
     plan = plan_for(job, stage, [n for n in (only or []) if n in names] or None, teachers)
     by_name = {t.name: t for t in job.teachers}
+    models = {}
     for name in plan.teachers:
         teacher = by_name[name]
+        if teacher.kind == "imported":  # its model is a label; what must exist is the source
+            if not Path(teacher.source.path).exists():
+                found.append(f"teachers.{name}.source.path: {teacher.source.path} does not exist")
+            continue
+        models[f"teachers.{name}.model"] = teacher.model
         if teacher.resources.num_gpus_per_actor == 0 and not teacher.engine.kv_cache_memory_bytes:
             found.append(f"teachers.{name}.engine.kv_cache_memory_bytes: required for a CPU teacher (vLLM-CPU cannot "
                          "size its KV cache itself), e.g. 268435456; or give it GPUs (resources.num_gpus_per_actor)")
-    models = {f"teachers.{n}.model": by_name[n].model for n in plan.teachers}
     if plan.student:
         models["student.model"] = job.student.model
         models.update({f"sweep.students[{i}]": s for i, s in enumerate(job.sweep.students)})

@@ -58,3 +58,13 @@ def test_inspect_of_a_missing_folder_exits_2(tmp_path: Path):
     result = CliRunner().invoke(app, ["inspect", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_an_imported_teacher_needs_its_source_not_a_model(tmp_path: Path):
+    job = load_config("tiny")
+    data = job.model_dump(mode="json")
+    data["teachers"].append({"kind": "imported", "name": "paper", "model": "google/flan-t5-xl",
+                             "rationale_prefix": "paper: ",
+                             "source": {"format": "jsonl", "path": str(tmp_path / "missing.jsonl")}})
+    found = problems(type(job).model_validate(data), "generate")
+    assert found == [f"teachers.paper.source.path: {tmp_path / 'missing.jsonl'} does not exist"]
