@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ class TrainingError(TinyLLMError, RuntimeError):
 
 # ---------------------------------------------------------------- the worker contract
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
     """Everything a Ray Train worker needs to train its rank, built once by the driver (:func:`worker_spec`) and
     read-only on the workers. Ray pickles it to each of them: plain values only, no open handles."""
@@ -63,13 +63,13 @@ class WorkerSpec:
     """Rank 0 logs a progress line, and records the step in the loss log, every N optimiser steps."""
     checkpoint_every_steps: int | None
     """Every rank saves a resumable DeepSpeed checkpoint every N optimiser steps (None: the final export only)."""
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics: MetricsConfig
     """Which metrics sinks rank 0 opens (TensorBoard, MLflow, W&B)."""
-    metrics_dir: str = ""
+    metrics_dir: str
     """Folder of the TensorBoard event files."""
-    experiment: str = "tinyllm"
+    experiment: str
     """MLflow experiment / W&B project: the job name."""
-    metrics_run: str = "tinyllm"
+    metrics_run: str
     """MLflow / W&B run name: the job, or a sweep trial of it."""
 
     def __post_init__(self) -> None:
