@@ -234,8 +234,9 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     several = len({r.get("method", "generate") for r in rows}) > 1
     labels = [f"{r['name']} [{r['method']}]" if several else r["name"] for r in ordered]
     accuracy = [r["accuracy"] or 0.0 for r in ordered]
-    errors = [[a - (r.get("interval_low") if r.get("interval_low") is not None else a) for a, r in zip(accuracy, ordered)],
-              [(r.get("interval_high") if r.get("interval_high") is not None else a) - a for a, r in zip(accuracy, ordered)]]
+    low = [a if r.get("interval_low") is None else r["interval_low"] for a, r in zip(accuracy, ordered)]
+    high = [a if r.get("interval_high") is None else r["interval_high"] for a, r in zip(accuracy, ordered)]
+    errors = [[a - lo for a, lo in zip(accuracy, low)], [hi - a for a, hi in zip(accuracy, high)]]
     fig = Figure(figsize=(8, 1.2 + 0.35 * len(ordered)), layout="constrained")
     ax = fig.add_subplot()
     ax.barh(labels, accuracy, xerr=errors, color=[KIND_COLOURS[r["kind"]] for r in ordered],

@@ -57,7 +57,9 @@ def test_run_writes_every_artifact(tiny_run: Path):
     report = json.loads((tiny_run / "evaluation" / "report.json").read_text())
     assert [r["role"] for r in report["results"]] == ["student", "teacher", "teacher"]
     assert all(r["total"] == 8 and 0.0 <= r["accuracy"] <= 1.0 for r in report["results"])
-    assert "| tiny_a | teacher |" in (tiny_run / "evaluation" / "report.md").read_text()
+    assert all(r["method"] == "generate" and r["interval"][0] <= r["accuracy"] <= r["interval"][1]
+               for r in report["results"])
+    assert "| tiny_a | teacher | generate |" in (tiny_run / "evaluation" / "report.md").read_text()
     assert (tiny_run / "config.yaml").is_file()
 
 

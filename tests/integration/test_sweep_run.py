@@ -45,7 +45,9 @@ def test_every_trial_is_trained_and_evaluated(sweep_run):
         assert (trials / name / "student" / "model.safetensors").is_file()
         report = json.loads((trials / name / "evaluation" / "report.json").read_text())
         assert [r["role"] for r in report["results"]] == ["student"]  # no teacher evaluation per trial
-        assert read_manifest(trials / name / "evaluation")["student_fingerprint"] == student["fingerprint"]
+        assert report["results"][0]["method"] == "generate" and len(report["results"][0]["interval"]) == 2
+        evaluation = read_manifest(trials / name / "evaluation")
+        assert evaluation["student_fingerprint"] == student["fingerprint"] and evaluation["fingerprint"]
     # rationales are shared, generated once at the run's root
     assert {p.name for p in (out / "rationales").iterdir()} == {"tiny_a", "tiny_b"}
     assert not (out / "student").exists()
@@ -61,11 +63,24 @@ def test_results_table_plot_and_manifest(sweep_run):
         assert row["error"] is None and 0.0 <= row["accuracy"] <= 1.0 and row["total"] == 8
         assert row["optimizer_steps"] == 2 and row["train_seconds"] > 0
         assert (row["teachers"], row["alpha"]) == tuple(TRIALS[row["name"]])
+        assert row["method"] == "generate" and row["interval_low"] <= row["accuracy"] <= row["interval_high"]
+    # every trial against the answer-only baseline, paired on the same 8 problems
+    baseline = next(r for r in rows if r["kind"] == "answer_only")
+    assert baseline["baseline"] is None and baseline["mcnemar_p"] is None
+    for row in rows:
+        if row is not baseline:
+            assert row["baseline"] == baseline["name"] and 0.0 < row["mcnemar_p"] <= 1.0
+            assert row["difference"] == pytest.approx(row["accuracy"] - baseline["accuracy"])
+            assert row["only_trial_correct"] - row["only_baseline_correct"] == row["correct"] - baseline["correct"]
+            assert row["difference_low"] <= row["difference"] <= row["difference_high"]
+            assert row["significant"] is (row["mcnemar_p"] < 0.05)
+    assert results["comparisons"] == 3
     assert results["best"] == "tinyllm-tiny_a+tiny_b-a0.5-tiny-llama-f1"
     assert set(results["baselines"]) == set(TRIALS) - {results["best"]}
     assert len(list(csv.DictReader((sweep / "results.csv").open()))) == 4
     table = (sweep / "results.md").read_text()
     assert all(f"| {name} |" in table for name in TRIALS) and table in output
+    assert "Paired comparisons with the answer-only baseline" in table and "by chance alone" in table
     assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
     manifest = read_manifest(sweep)
     assert sorted(manifest["trials"]) == sorted(TRIALS) and manifest["failed"] == []
@@ -76,11 +91,14 @@ def test_rerun_reuses_students_and_a_failing_trial_does_not_stop_the_sweep(sweep
     out, _ = sweep_run
     trials = out / "sweep" / "trials"
     before = {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS}
+    evaluations = {name: (trials / name / "evaluation" / "manifest.json").read_text() for name in TRIALS}
     # 1/16 of the problems cannot fill one training step: those trials fail before Ray Train starts
     result = runner.invoke(app, ["sweep", "tiny", "-o", str(out), *SMALL,
                                  "--set", "sweep.data_fractions=[1, 0.0625]", "--max-concurrent", "1"])
     assert result.exit_code == 1, result.output
     assert {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS} == before
+    # and their evaluations: the manifest records the evaluation fingerprint, unchanged here
+    assert {name: (trials / name / "evaluation" / "manifest.json").read_text() for name in TRIALS} == evaluations
     rows = {r["name"]: r for r in json.loads((out / "sweep" / "results.json").read_text())["trials"]}
     assert len(rows) == 8
     failed = {name for name, row in rows.items() if row["error"]}
@@ -89,3 +107,36 @@ def test_rerun_reuses_students_and_a_failing_trial_does_not_stop_the_sweep(sweep
     assert all(rows[name]["accuracy"] is not None for name in TRIALS)
     assert read_manifest(out / "sweep")["failed"] == sorted(failed, key=list(rows).index)
     assert "trial(s) failed" in result.output
+
+
+def test_both_scoring_methods_reevaluate_reused_students_and_compare_per_method(sweep_run):
+    out, _ = sweep_run
+    trials = out / "sweep" / "trials"
+    before = {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS}
+    generate = {r["name"]: r["accuracy"] for r in json.loads((out / "sweep" / "results.json").read_text())["trials"]
+                if r["name"] in TRIALS}
+    result = runner.invoke(app, ["sweep", "tiny", "-o", str(out), *SMALL, "--set", "evaluation.method=both"])
+    assert result.exit_code == 0, result.output
+    assert {name: (trials / name / "student" / "manifest.json").read_text() for name in TRIALS} == before
+    for name in TRIALS:  # a changed evaluation setting: evaluated again, once per method, on the same problems
+        report = json.loads((trials / name / "evaluation" / "report.json").read_text())
+        assert report["methods"] == ["generate", "loglikelihood"]
+        by_method = {r["method"]: r for r in report["results"]}
+        assert [r["role"] for r in report["results"]] == ["student", "student"]
+        ids = [[p["id"] for p in r["predictions"]] for r in report["results"]]
+        assert ids[0] == ids[1] and len(ids[0]) == 8
+        assert by_method["generate"]["accuracy"] == generate[name]  # greedy decoding: the same answers
+        for row in by_method["loglikelihood"]["predictions"]:
+            assert len(row["scores"]) == len(row["loglikelihoods"]) >= 2
+            assert row["correct"] is (row["prediction"] == row["gold"])
+        assert read_manifest(trials / name / "evaluation")["methods"] == ["generate", "loglikelihood"]
+    results = json.loads((out / "sweep" / "results.json").read_text())
+    rows = results["trials"]
+    assert sorted((r["name"], r["method"]) for r in rows) == sorted(
+        (name, method) for name in TRIALS for method in ("generate", "loglikelihood"))
+    for row in rows:
+        assert row["error"] is None and row["total"] == 8
+        if row["kind"] != "answer_only":
+            assert row["baseline"] == "answer-only-tiny-llama-f1" and row["mcnemar_p"] is not None
+    assert results["comparisons"] == 6
+    assert "| loglikelihood |" in (out / "sweep" / "results.md").read_text()

@@ -174,7 +174,8 @@ TRAINING = {TINYLLM: {"optimizer_steps": 2, "train_seconds": 31.2}, ANSWER_ONLY:
 
 
 def _rows(methods: tuple[str, ...] = ("generate",)):
-    config = load_config("tiny", ["sweep.alpha=[0.5]", f"evaluation.method={'both' if len(methods) > 1 else methods[0]}"])
+    method = "both" if len(methods) > 1 else methods[0]
+    config = load_config("tiny", ["sweep.alpha=[0.5]", f"evaluation.method={method}"])
     entries = {name: {m: _entry(right, m) for m in methods} for name, right in RIGHT.items()}
     rows = []
     for trial in plan_trials(config):

@@ -13,8 +13,8 @@ from tinyllm_ray.scoring import ScoringOptions, Student, student_prompts
 
 def rows(problems: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
     """One row per problem: the generated answer and whether it matches the gold option text."""
-    return [{"id": p["id"], "prediction": answer, "gold": p["answer"], "correct": prompts.exact_match(answer, p["answer"])}
-            for p, answer in zip(problems, answers)]
+    return [{"id": p["id"], "prediction": answer, "gold": p["answer"],
+             "correct": prompts.exact_match(answer, p["answer"])} for p, answer in zip(problems, answers)]
 
 
 class GenerateScorer:
