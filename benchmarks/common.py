@@ -18,6 +18,9 @@ DEMO_VALID = REPO / "tinyllm_ray" / "demo_data" / "demo_valid.jsonl"
 RECORDED_ENV = ("VLLM_TARGET_DEVICE", "VLLM_ENABLE_V1_MULTIPROCESSING", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                 "HF_HUB_OFFLINE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 
+# a teacher actor's process title names its class (tinyllm_ray.teachers.actor)
+TEACHER_ACTOR_CLASSES = ("TeacherActor",)
+
 Row = tuple[str, str, str, str, str, str, str]
 HEADER: Row = ("benchmark", "variant", "seconds", "gen tok/s", "problems/s", "% fp32 peak", "notes")
 
@@ -138,7 +141,7 @@ class MemSampler:
             if title.startswith("ray::"):
                 workers += rss
                 largest = max(largest, (rss, title))
-                if "TeacherEngine" in title and not self.teacher_actor_env:
+                if any(name in title for name in TEACHER_ACTOR_CLASSES) and not self.teacher_actor_env:
                     try:
                         self.teacher_actor_env = {
                             "OMP_NUM_THREADS": child.environ().get("OMP_NUM_THREADS"),

@@ -9,41 +9,37 @@ from typing import Any
 
 
 def render_prompts(config, teacher, tokenizer) -> tuple[list[str], list[str]]:
-    """(ids, prompts): exactly TeacherEngine.render over the frozen train problems (demos, chat template...)."""
-    from tinyllm_ray import prompts
+    """(ids, prompts): the vLLM teacher's own ``render`` over the frozen train problems (demos, chat template...)."""
+    from types import SimpleNamespace
 
-    from tinyllm_ray.problems import load_frozen_problems
+    from tinyllm_ray import prompts
     from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.problems import load_frozen_problems
+    from tinyllm_ray.teachers.vllm import VLLMTeacher
 
     problems = load_frozen_problems(RunLayout.of(config.output_dir), "train").to_pylist()
-    use_chat = teacher.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    # render() reads only these attributes of a VLLMTeacher, whose constructor builds an engine
+    chat = teacher.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    renderer = SimpleNamespace(teacher=teacher, tokenizer=tokenizer, use_chat=chat)
     out = []
     for problem in problems:
         demos = prompts.sample_demos(problems, problem["id"], config.prompts.num_demos, config.prompts.demo_seed,
                                      config.prompts.demo_sampler)
-        text = prompts.teacher_forcing_prompt(problem, demos, teacher.instruction)
-        if use_chat:
-            messages = [{"role": "system", "content": teacher.system_prompt}] if teacher.system_prompt else []
-            messages.append({"role": "user", "content": text})
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        out.append(text)
+        out.append(VLLMTeacher.render(renderer, problem, demos, "rationale"))
     return [p["id"] for p in problems], out
 
 
-
-
 def run_bare_vllm(config, teacher, model_path: str) -> dict[str, Any]:
-    """The same engine args, prompts and SamplingParams as TeacherEngine, on a bare in-process vllm.LLM."""
+    """The same engine args (``teachers.vllm.engine_kwargs``), prompts and SamplingParams as the vLLM teacher, on a
+    bare in-process vllm.LLM."""
     import torch
     from vllm import LLM, SamplingParams
 
-    from tinyllm_ray.generate import sampling_dict
+    from tinyllm_ray.generation_plan import sampling_dict
+    from tinyllm_ray.teachers.vllm import engine_kwargs
 
-    engine = teacher.engine
     sampling = sampling_dict(teacher, "rationale")
-    kwargs = dict(model=model_path, dtype=engine.dtype, max_model_len=engine.max_model_len,
-                  enforce_eager=engine.enforce_eager, tensor_parallel_size=engine.tensor_parallel_size,
-                  seed=sampling.get("seed") or 0, kv_cache_memory_bytes=engine.kv_cache_memory_bytes, **engine.extra)
+    kwargs = engine_kwargs(teacher, model_path)
     t = time.time()
     llm = LLM(**kwargs)
     init_s = time.time() - t

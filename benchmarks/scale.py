@@ -69,7 +69,7 @@ def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
     (chunked in row groups of 1,024, as the frozen Parquet file reads back): it should not grow with ``size``."""
     import pyarrow as pa
 
-    from tinyllm_ray.generate import demos_from_pool
+    from tinyllm_ray.generation_plan import demos_from_pool
     from tinyllm_ray.problems import PROBLEM_ROW_GROUP
 
     rows = demo_train_rows()

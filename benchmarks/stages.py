@@ -62,75 +62,52 @@ def run_pipeline(config) -> dict[str, Any]:
 
 
 def make_timed_loop(log_path: str):
-    """The real train_loop_per_worker, with every optimiser step timestamped into a per-rank JSONL file.
+    """A Train worker loop for ``train(config, loop=...)``: the product's ``setup -> fit -> export``, with every
+    optimiser step (``fit``'s ``on_step``) written to a per-rank JSONL file: its end time, the non-pad tokens trained
+    on so far and the training thread's involuntary context switches. A closure, so cloudpickle ships it by value
+    (Ray workers need not import this module)."""
 
-    The loop calls ray.train.report() only with checkpoints, so the hooks sit on DeepSpeed's ``engine.step`` (the
-    end of a step; the benchmark uses no gradient accumulation) and on ``Collator.grouped`` (the non-pad tokens the
-    step trains on). A closure so cloudpickle ships it by value (Ray workers need not import this module).
-    """
-
-    def timed_loop(cfg):
+    def timed_loop(spec) -> None:
         import json as _json
         import time as _time
 
         import ray.train
         import torch
-        from deepspeed.runtime.engine import DeepSpeedEngine
 
-        from tinyllm_ray.train import train_loop_per_worker
-        from tinyllm_ray.training_data import Collator
+        from tinyllm_ray import train_worker
 
-        rank = ray.train.get_context().get_world_rank()
-        handle = open(f"{log_path}.rank{rank}.jsonl", "a")
-        tokens = [0]
-
-        def note(**fields):
-            handle.write(_json.dumps({"t": _time.time(), **fields}) + "\n")
-            handle.flush()
-
-        def preempted():  # involuntary context switches of this (the training) thread so far
+        def preempted() -> int:  # involuntary context switches of this (the training) thread so far
             with open("/proc/thread-self/status") as status:
                 return int(status.read().split("nonvoluntary_ctxt_switches:")[1].split()[0])
 
-        note(event="enter", torch_threads=torch.get_num_threads())
-        original_step, original_grouped = DeepSpeedEngine.step, Collator.grouped
+        rank = ray.train.get_context().get_world_rank()
+        with open(f"{log_path}.rank{rank}.jsonl", "a") as handle:
+            def note(**fields) -> None:
+                handle.write(_json.dumps({"t": _time.time(), **fields}) + "\n")
+                handle.flush()
 
-        def step(self, *args, **kwargs):
-            result = original_step(self, *args, **kwargs)
-            note(event="step", tokens=tokens[0], preempted=preempted())
-            return result
-
-        def grouped(self, *args, **kwargs):
-            groups = original_grouped(self, *args, **kwargs)
-            tokens[0] += sum(int(g["attention_mask"].sum()) for g in groups)
-            return groups
-
-        DeepSpeedEngine.step, Collator.grouped = step, grouped
-        try:
-            train_loop_per_worker(cfg)
-        finally:
-            DeepSpeedEngine.step, Collator.grouped = original_step, original_grouped
-            note(event="exit")
-            handle.close()
+            note(event="enter", torch_threads=torch.get_num_threads())
+            try:
+                state = train_worker.setup(spec)
+                if state is not None:
+                    train_worker.fit(state, on_step=lambda record: note(
+                        event="step", t=record.finished_at, tokens=record.train_tokens, preempted=preempted()))
+                    train_worker.export(state)
+            finally:
+                note(event="exit")
 
     return timed_loop
 
 
 def run_train_stage(config, log_dir: Path, label: str) -> dict[str, Any]:
-    """The real `train` stage (force=True), timed from the driver and from inside each worker."""
-    import tinyllm_ray.train as train_module
+    """The real `train` stage (force=True) with :func:`make_timed_loop`, timed from the driver and in each worker."""
+    from tinyllm_ray.train import train
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = str(log_dir / label)
-    original = train_module.train_loop_per_worker
-    train_module.train_loop_per_worker = make_timed_loop(log_path)
-    try:
-        with MemSampler() as mem:
-            t0 = time.time()
-            manifest = train_module.train(config, force=True)
-            total = time.time() - t0
-    finally:
-        train_module.train_loop_per_worker = original
+    with MemSampler() as mem:
+        t0 = time.time()
+        manifest = train(config, force=True, loop=make_timed_loop(str(log_dir / label)))
+        total = time.time() - t0
     per_rank = [rank_summary(file, t0, total) for file in sorted(log_dir.glob(f"{label}.rank*.jsonl"))]
     out: dict[str, Any] = {"stage_seconds": round(total, 2), "workers": config.training.num_workers,
                            "optimizer_steps": manifest.get("optimizer_steps"), "memory": mem.result(),

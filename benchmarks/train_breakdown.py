@@ -2,8 +2,9 @@
 
     python -m benchmarks.train_breakdown [--model tiny|smollm2] [--per-variant N] [--out FILE]
 
-Runs the real ``train`` stage (1 worker, ZeRO-0, the product's allocator) with its loop replaced by one that
-interleaves, step by step, in ONE Train worker:
+Runs the real ``train`` stage (1 worker, ZeRO-0, the product's allocator) with its own worker loop
+(``train(config, loop=...)``, built on ``train_worker.setup`` / ``export``) that interleaves, step by step, in ONE
+Train worker:
 
 * ``deepspeed_raydata``   the student under DeepSpeed, after pulling a micro-batch from the Ray Data shard (as the
                           shipped loop does every step)
@@ -37,44 +38,26 @@ PHASES = ("pull", "collate", "forward", "backward", "step")
 
 
 def make_loop(out_path: str, per_variant: int):
-    """The replacement ``train_loop_per_worker`` (a closure: cloudpickle ships it by value to the worker)."""
+    """The Train worker loop passed as ``train(config, loop=...)``: the product's ``setup`` builds the student under
+    DeepSpeed; a plain copy of it trains beside it; ``export`` ends the run as the product's loop does. A closure:
+    cloudpickle ships it by value to the worker."""
 
-    def breakdown_loop(cfg):
-        import copy
+    def breakdown_loop(spec):
         import time
 
-        import deepspeed
-        import ray.train
         import torch
-        from transformers import AutoTokenizer
 
-        import tinyllm_ray.train as train_module
+        from tinyllm_ray import train_worker
         from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
-        from tinyllm_ray.training_data import Collator, Task
 
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed()
-        ds_config = cfg["deepspeed"]
-        torch.manual_seed(cfg["seed"])
-        model = train_module._load_model(cfg["model_path"], False)
-        plain_model = copy.deepcopy(model)
-
-        def optimizer_for(module):
-            optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["learning_rate"],
-                                          weight_decay=cfg["weight_decay"])
-            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-
-        optimizer, scheduler = optimizer_for(model)
-        plain_optimizer, plain_scheduler = optimizer_for(plain_model)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=ds_config)
-        train_module.skip_single_rank_collectives(engine)
-        tasks = [Task(**t) for t in cfg["tasks"]]
-        weights = torch.tensor([t.weight for t in tasks])
-        collate = Collator(AutoTokenizer.from_pretrained(cfg["model_path"]), tasks, False, cfg["max_input_tokens"],
-                           cfg["max_target_tokens"])
-        shard = ray.train.get_dataset_shard("train")
-        micro_batch = ds_config["train_micro_batch_size_per_gpu"]
+        state = train_worker.setup(spec)
+        engine, collate, tasks, weights = state.engine, state.collator, spec.tasks, state.task_weights
+        torch.manual_seed(spec.seed)
+        plain_model = train_worker._load_model(spec.model_path, spec.seq2seq)  # the same initial weights
+        plain_optimizer = torch.optim.AdamW(plain_model.parameters(), lr=spec.learning_rate,
+                                            weight_decay=spec.weight_decay)
+        plain_scheduler = torch.optim.lr_scheduler.LambdaLR(plain_optimizer, lambda s: 1.0)
+        shard, micro_batch = state.shard, spec.micro_batch_size
 
         def epoch():
             return iter(shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True))
@@ -89,7 +72,7 @@ def make_loop(out_path: str, per_variant: int):
                 stream[0] = epoch()
                 next(stream[0])
 
-        sinks = train_module._open_rank0_sinks(cfg)
+        sinks = train_worker._open_rank0_sinks(spec)
         times = {v: [] for v in VARIANTS}
         phases = {v: {p: [] for p in PHASES} for v in VARIANTS}
         for index in range((per_variant + 1) * len(VARIANTS)):  # the first cycle warms up
@@ -99,7 +82,7 @@ def make_loop(out_path: str, per_variant: int):
             if "raydata" in variant:
                 pull()
             marks.append(time.perf_counter())
-            groups = collate.grouped({k: list(v) for k, v in raw.items()}, cfg["length_groups"])
+            groups = collate.grouped({k: list(v) for k, v in raw.items()}, spec.length_groups)
             marks.append(time.perf_counter())
             forward = engine if variant.startswith("deepspeed") else plain_model
             losses = [per_sequence_loss(forward(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits,
@@ -127,6 +110,7 @@ def make_loop(out_path: str, per_variant: int):
                     phases[variant][name].append(end - start)
         sinks.close()
         Path(out_path).write_text(json.dumps({"times": times, "phases": phases}))
+        train_worker.export(state)
 
     return breakdown_loop
 
@@ -152,20 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="tinyllm-breakdown-"))
     set_env(tmp)
-    import tinyllm_ray.train as train_module
+    from tinyllm_ray.train import train
 
     mb = 2 if args.model == "smollm2" else 4
     config = gen_for_training(args.model, tmp, False, {"num_workers": 1, "micro_batch_size": mb,
                                                        "max_steps": 100_000, "zero_stage": 0})
     raw_path = tmp / "breakdown.json"
-    original = train_module.train_loop_per_worker
-    train_module.train_loop_per_worker = make_loop(str(raw_path), args.per_variant)
-    try:
-        train_module.train(config, force=True)
-    except train_module.TrainingError:
-        pass  # the replacement loop exports no student: train() says so after the worker finished
-    finally:
-        train_module.train_loop_per_worker = original
+    train(config, force=True, loop=make_loop(str(raw_path), args.per_variant))
     result = {"model": config.student.model, "micro_batch_size": mb, "per_variant": args.per_variant,
               "machine": machine_info(), "variants": summarise(json.loads(raw_path.read_text()))}
     args.out.parent.mkdir(parents=True, exist_ok=True)

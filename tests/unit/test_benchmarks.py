@@ -1,12 +1,15 @@
 """The benchmark package's pure parts: every section module's entry point, result rows and the JSON layout, the
 environment taken from the runtime, the step-log summary. No section runs here."""
 
+import inspect
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks import common, run
+from benchmarks import common, run, stages, train_breakdown
 from benchmarks.common import Context, Failed, markdown
 from benchmarks.driver import DriverResult
 from benchmarks.stages import rank_summary
@@ -101,3 +104,26 @@ def test_context_is_frozen(tmp_path):
     ctx = Context(tmp=tmp_path)
     with pytest.raises(AttributeError):
         ctx.quick = True
+
+
+def test_what_the_benchmarks_use_from_the_product_exists():
+    from tinyllm_ray.generation_plan import demos_from_pool, sampling_dict  # noqa: F401
+    from tinyllm_ray.teachers.vllm import VLLMTeacher, engine_kwargs  # noqa: F401
+    from tinyllm_ray.train import load_rationales, train
+    from tinyllm_ray.train_worker import _load_model, _open_rank0_sinks, export, fit, setup  # noqa: F401
+
+    assert "loop" in inspect.signature(train).parameters
+    assert "on_step" in inspect.signature(fit).parameters
+
+
+@pytest.mark.parametrize("make", [lambda: stages.make_timed_loop("/nowhere/log"),
+                                  lambda: train_breakdown.make_loop("/nowhere/out.json", 1)],
+                         ids=["timed_loop", "breakdown_loop"])
+def test_worker_loops_unpickle_where_benchmarks_is_not_importable(make, tmp_path):
+    """Ray ships a Train loop to workers that cannot import ``benchmarks``: it must travel by value."""
+    import cloudpickle
+
+    code = "import pickle, sys; loop = pickle.loads(sys.stdin.buffer.read()); assert callable(loop)"
+    done = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(make()), cwd=tmp_path,
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
