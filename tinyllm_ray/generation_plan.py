@@ -62,7 +62,10 @@ def answer_pass(config: JobConfig, layout: RunLayout) -> TeacherPass:
 
 
 def sampling_dict(teacher: TeacherConfig, mode: str, max_tokens: int | None = None) -> dict[str, Any]:
-    """The teacher's sampling for rationales; greedy for answers (teacher accuracy is measured deterministically)."""
+    """The teacher's sampling for rationales; greedy for answers (teacher accuracy is measured deterministically).
+    Empty for a kind of teacher that samples nothing (one without a ``sampling`` section)."""
+    if getattr(teacher, "sampling", None) is None:
+        return {}
     sampling = teacher.sampling.model_dump()
     if max_tokens is not None:
         sampling["max_tokens"] = max_tokens

@@ -82,7 +82,7 @@ def test_killed_teacher_actor_loses_and_doubles_nothing(ray_cluster, tmp_path: P
     killed: list[float] = []
     killer = threading.Thread(target=_kill_first_teacher_actor, args=(folder, killed, time.time() + 300))
     killer.start()
-    result = generate(out, "--teacher", "tiny_a", "--set", "teachers.tiny_a.resources.batch_size=1",
+    result = generate(out, "--teacher", "tiny_a", "--set", "teachers.tiny_a.resources.shard_size=1",
                       "--set", "teachers.tiny_a.sampling.max_tokens=200")
     killer.join()
     assert killed, "the test must actually kill a teacher actor"

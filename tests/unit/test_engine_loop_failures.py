@@ -1,8 +1,8 @@
 """EngineLoop's failure paths, which a healthy vLLM engine cannot be made to take on demand: an engine whose step
 raises must fail every waiting caller (no thread left blocked forever), and refuse later calls; so must an engine
 that dies while requests are added, and a failure in the loop itself; an engine that cannot be built fails the
-constructor. The engine here is a minimal stand-in with vLLM's ``enqueue`` / ``llm_engine.step`` surface; the success path runs on real vLLM in
-tests/integration/test_engine_loop.py."""
+constructor. The engine here is a minimal stand-in with vLLM's ``enqueue`` / ``llm_engine.step`` surface; the
+success path runs on real vLLM in tests/integration/test_engine_loop.py."""
 
 from __future__ import annotations
 

@@ -109,3 +109,48 @@ def test_operational_and_student_fields_leave_the_teacher_fingerprint_alone():
         assert teacher_fingerprint(changed, changed.teachers[0], "P", "rationale") != fingerprint, override
     changed = load_config("tiny", ["prompts.task_prefix='answer: '"])
     assert teacher_fingerprint(changed, changed.teachers[0], "P", "rationale") == fingerprint
+
+
+def test_reuse_resumes_refuses_or_forces_a_teacher_folder(tmp_path):
+    from tinyllm_ray.generation_plan import TeacherPass, reuse
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import write_manifest
+
+    config = load_config("tiny")
+    teacher = config.teachers[0]
+    folder = tmp_path / teacher.name
+    todo = TeacherPass("train", tmp_path, "rationale")
+    assert reuse(teacher, todo, "fp") is None  # nothing there yet
+    folder.mkdir()
+    RunLayout.progress_file(folder).write_text('{"fingerprint": "fp", "shard_size": 4}')
+    assert reuse(teacher, todo, "fp") is None  # partial output of this config: resumed
+    with pytest.raises(GenerationError, match="tiny_a.*partial output of a different config.*--force"):
+        reuse(teacher, todo, "other")
+    write_manifest(folder, fingerprint="fp", counts={"rows": 3})
+    assert reuse(teacher, todo, "fp")["counts"] == {"rows": 3}
+    with pytest.raises(GenerationError, match="finished output"):
+        reuse(teacher, todo, "other")
+    assert reuse(teacher, TeacherPass("train", tmp_path, "rationale", force=True), "other") is None
+    assert not folder.exists()  # --force starts from an empty folder
+
+
+def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
+    from tinyllm_ray.generation_plan import plan_pass, rationale_pass
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import PROBLEM_SCHEMA, write_table
+
+    layout = RunLayout.of(str(tmp_path))
+    rows = [{"id": f"p{i}", "dataset": "demo", "split": "train", "question": "q?", "choices": ["a", "b"], "answer_index": 0,
+             "answer": "a", "context": None} for i in range(10)]
+    layout.problems.mkdir(parents=True)
+    write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), layout.problem_file("train"))
+    config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
+    plan = plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")
+    assert plan.out_dir == layout.teacher_dir("tiny_a") and plan.num_problems == 10
+    assert [s.rows for s in plan.shards] == [4, 4, 2] and plan.pending() == list(plan.shards)
+    assert plan.sampling["max_tokens"] == config.teachers[0].sampling.max_tokens
+    write_table(pa.Table.from_pylist([]), plan.shard_path(1))
+    resized = load_config("tiny", ["teachers.tiny_a.resources.shard_size=3"])
+    again = plan_pass(layout, resized.teachers[0], rationale_pass(layout), "fp")
+    assert again.shards == plan.shards and [s.shard for s in again.pending()] == [0, 2]
+    assert plan.shard_path(1) == layout.teacher_dir("tiny_a") / "shard-000001.parquet"

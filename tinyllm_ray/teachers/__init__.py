@@ -20,7 +20,7 @@ DEFAULT_KIND = "vllm"
 
 
 def kind_of(teacher: TeacherConfig) -> TeacherKind:
-    """The registry entry for ``teacher`` (its ``kind`` field once config.py has one; vLLM until then)."""
+    """The registry entry for ``teacher``: its ``kind`` field (vllm for configs without one)."""
     return KINDS[getattr(teacher, "kind", DEFAULT_KIND)]
 
 

@@ -25,9 +25,9 @@ class TeacherActor:
     """Ray Data runs up to ``resources.shards_in_flight`` calls at once in the actor's threads, all through one
     teacher (built by its kind's ``build``). A retried shard just rewrites its file.
 
-    ``teacher``: the teacher's config (of any kind); ``model_path``: what the kind's ``prepare`` returned; ``demo_pool``: the
-    frozen train problems (or an ObjectRef to them); ``demos``: ``config.prompts``; ``passes``: what shard
-    descriptors can ask for, by index.
+    ``teacher``: the teacher's config (of any kind); ``model_path``: what the kind's ``prepare`` returned;
+    ``demo_pool``: the frozen train problems (or an ObjectRef to them); ``demos``: ``config.prompts``; ``passes``:
+    what shard descriptors can ask for, by index.
     """
 
     def __init__(self, teacher: TeacherConfig, model_path: str, demo_pool: Any, demos: dict, passes: list[PassPlan]):

@@ -48,6 +48,25 @@ def engine_kwargs(teacher: TeacherConfig, model_path: str) -> dict[str, Any]:
     return kwargs
 
 
+def render_prompt(tokenizer, teacher: TeacherConfig, problem: dict, demos: list[dict], mode: str,
+                  chat: bool) -> str:
+    """The teacher's prompt text for one problem: teacher forcing (rationale) or the bare question (answer), in the
+    model's chat template (with the teacher's system prompt) when ``chat``."""
+    build = prompts.teacher_forcing_prompt if mode == "rationale" else prompts.answer_prompt
+    text = build(problem, demos, teacher.instruction)
+    if not chat:
+        return text
+    messages = [{"role": "system", "content": teacher.system_prompt}] if teacher.system_prompt else []
+    messages.append({"role": "user", "content": text})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_token_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """Token ids as vLLM makes them: a plain prompt gets the tokenizer's special tokens (BOS), a chat-rendered one
+    does not, its template wrote them already (vLLM's chat path does the same; else Llama-2 starts with two BOS)."""
+    return tokenizer.encode(prompt, add_special_tokens=not chat)
+
+
 class VLLMTeacher:
     """A :class:`~tinyllm_ray.teachers.base.Teacher` backed by one in-process ``vllm.LLM``. Rows whose prompt is
     too long or that the engine rejects come back with ``error`` set; an engine that dies raises."""
@@ -65,21 +84,15 @@ class VLLMTeacher:
         self._params: dict[str, Any] = {}  # SamplingParams by their JSON
 
     def render(self, problem: dict, demos: list[dict], mode: str) -> str:
-        build = prompts.teacher_forcing_prompt if mode == "rationale" else prompts.answer_prompt
-        text = build(problem, demos, self.teacher.instruction)
-        if not self.use_chat:
-            return text
-        messages = [{"role": "system", "content": self.teacher.system_prompt}] if self.teacher.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tokenizer, self.teacher, problem, demos, mode, self.use_chat)
 
     def rationales(self, problems: list[dict], demos: list[list[dict]], mode: str, sampling: dict) -> Rationales:
         """The shard's rows, and how many of their prompt tokens vLLM's prefix cache served (not computed)."""
         with self.tokenizer_lock:
             rows = [rationale_row(self.teacher, p, sampling, self.render(p, d, mode)) for p, d in zip(problems, demos)]
-            # Tokenised here, in the caller's thread, as vLLM would (special tokens added), and handed to the engine
-            # as token ids: the engine thread then spends no time tokenising while it could be stepping.
-            token_ids = [self.tokenizer.encode(row["prompt"]) for row in rows]
+            # Tokenised here, in the caller's thread, and handed to the engine as token ids: the engine thread then
+            # spends no time tokenising while it could be stepping.
+            token_ids = [prompt_token_ids(self.tokenizer, row["prompt"], self.use_chat) for row in rows]
         runnable = []
         for row, ids in zip(rows, token_ids):
             row["num_prompt_tokens"] = len(ids)
