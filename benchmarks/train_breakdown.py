@@ -15,8 +15,8 @@ Train worker:
 
 Every variant of a cycle trains on the same micro-batch (the pulled one is discarded), so their step times differ
 only by what the variant adds; the ratio to ``plain_memory`` is taken within each cycle. The sequential benchmark
-(``benchmarks.run --only train``) compares separate runs minutes apart, which this VM's drift (tens of percent)
-blurs for a student whose steps take ~30 ms. Pulls come every 1-3 steps here, not every step: Ray Data's share of
+(``benchmarks.run --only train``) compares separate runs minutes apart, which a drifting VM's speed blurs for a
+student with short steps (RESULTS.md). Pulls come every 1-3 steps here, not every step: Ray Data's share of
 the shipped loop is at least the ``_raydata`` figures. Nothing asserts a timing.
 """
 
