@@ -72,13 +72,14 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     by_name = {t.name: t for t in teachers}
     # Prepared here, one after another, before any pool starts: builtin models are built on first use, and threads
     # racing on first-time imports break them.
-    model_paths = {name: kind_of(by_name[name]).prepare(by_name[name]) for name in pending}
+    model_paths = {name: kind_of(by_name[name]).prepare(by_name[name], layout) for name in pending}
+    plans = {name: [plan_pass(layout, by_name[name], passes[index], fingerprint) for index, fingerprint in todo.items()]
+             for name, todo in pending.items()}
     pool_ref = ray.put(load_frozen_problems(layout, DEMO_POOL_ROLE))
     with ThreadPoolExecutor(max_workers=len(pending)) as threads:
         futures = {name: threads.submit(_run_pool, config, layout, by_name[name], model_paths[name], pool_ref,
-                                        [plan_pass(layout, by_name[name], passes[i], fp) for i, fp in todo.items()],
-                                        position)
-                   for position, (name, todo) in enumerate(pending.items())}
+                                        plans[name], position)
+                   for position, name in enumerate(pending)}
         errors = {}
         for name, future in futures.items():
             try:
@@ -170,9 +171,12 @@ def _finish(teacher: TeacherConfig, plan: PassPlan, model_path: str, start: floa
             f"{teacher.max_error_rate:.1%}); rows kept in {plan.out_dir} for `tinyllm-ray inspect`. First error: "
             f"{stats['first_error']}")
     mode = plan.teacher_pass.mode
+    kind = kind_of(teacher)
+    extra = kind.manifest_fields(teacher, model_path) if kind.manifest_fields else {}
     manifest = write_manifest(
         plan.out_dir, fingerprint=plan.fingerprint, teacher=teacher.model_dump(mode="json"), model_path=model_path,
-        mode=mode, counts=stats, shards=len(plan.shards), nodes=nodes, seconds=round(time.time() - start, 2))
+        mode=mode, counts=stats, shards=len(plan.shards), nodes=nodes, seconds=round(time.time() - start, 2),
+        **extra)
     log.info("teacher %s: %d %s rows, %d errors, %d tokens in %.1fs (prompts %d tokens, %d of them from the prefix "
              "cache)", teacher.name, stats["rows"], mode, stats["errors"], stats["generated_tokens"],
              time.time() - start, stats.get("prompt_tokens", 0), stats.get("cached_prompt_tokens", 0))

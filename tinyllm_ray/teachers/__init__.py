@@ -1,7 +1,7 @@
 """Teachers behind one seam (:mod:`tinyllm_ray.teachers.base`): each kind is a module and an entry in ``KINDS``.
 
 To add a kind: write ``teachers/<kind>.py`` with a class satisfying :class:`~tinyllm_ray.teachers.base.Teacher`
-(its constructor takes ``(TeacherConfig, model_path)``) and its ``remote_args`` / ``prepare`` functions, then add
+(its constructor takes ``(config, model_path)``) and its ``remote_args`` / ``prepare`` functions, then add
 ``"<kind>": TeacherKind(...)`` below. The generic actor (:mod:`tinyllm_ray.teachers.actor`) and the recipe
 (:mod:`tinyllm_ray.generate`) pick it up from here; nothing else changes. Modules must not import heavy engines at
 import time: the driver imports all of them.

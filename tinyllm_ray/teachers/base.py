@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from tinyllm_ray.config import ResourceConfig, TeacherConfig
+from tinyllm_ray.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ class TeacherKind:
 
     build: Callable[[TeacherConfig, str], Teacher]  # in the actor: (teacher config, prepare's result) -> a Teacher
     remote_args: Callable[[TeacherConfig], dict[str, Any]]  # Ray remote args of its actors (num_cpus, runtime_env...)
-    prepare: Callable[[TeacherConfig], str]  # on the driver, before any actor: check the config, resolve (and build)
-    # what the actors load; returns that location (the manifest's model_path). Called once per teacher, in turn.
+    prepare: Callable[[TeacherConfig, RunLayout], str]  # on the driver, before any actor: check the config, resolve
+    # (build, write) what the actors load; returns its location (the manifest's model_path). Teachers in turn, and
+    # only those with output to write; the frozen problems exist by then.
+    manifest_fields: Callable[[TeacherConfig, str], dict[str, Any]] | None = None  # extra teacher-manifest fields
 
 
 def placement_args(resources: ResourceConfig) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from typing import Any
 from tinyllm_ray import prompts
 from tinyllm_ray.config import TeacherConfig
 from tinyllm_ray.generation_plan import GenerationError
+from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.teachers.base import Rationales, placement_args, rationale_row
 from tinyllm_ray.teachers.engine_loop import EngineLoop
 
 
-def prepare(teacher: TeacherConfig) -> str:
+def prepare(teacher: TeacherConfig, layout: RunLayout) -> str:
     """On the driver: refuse a CPU engine without a KV-cache size, and resolve (for builtins: build) the model."""
     from tinyllm_ray.models import resolve_model
 
