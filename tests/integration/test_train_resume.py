@@ -1,5 +1,9 @@
-"""Ray Train failure handling on the real stack: a training worker process is SIGKILLed mid-run, the worker group
-restarts from the latest DeepSpeed checkpoint and the run still ends after exactly the planned optimiser steps."""
+"""The training recipe on the real stack (torchtune's recipe tests): the tiny preset's first losses are pinned, and a
+training worker process SIGKILLed mid-run restarts from the latest DeepSpeed checkpoint, ends after exactly the
+planned optimiser steps and reproduces the uninterrupted run's per-step losses.
+
+Per-step losses are read from the student manifest's ``losses`` (rank 0's loss and per-task losses every
+``training.log_every_steps`` steps, 1 in the tiny preset), which the final export's state file carries."""
 
 from __future__ import annotations
 
@@ -22,6 +26,15 @@ runner = CliRunner()
 
 EPOCHS, STEPS_PER_EPOCH, EVERY = 3, 4, 2  # tiny preset: 16 problems / (2 workers x micro batch 2) = 4 steps/epoch
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+# Rank 0's losses of the first steps (ZeRO-2, teacher tiny_a): (loss, answer task, tiny_a task). Recorded from the
+# code before the worker was split into setup / fit / export, bit-identical after it, and in repeated runs. They
+# depend on the tiny models and on the tiny teacher's greedy rationales: a change here means training changed.
+PINNED = [(11.449888229370117, 6.162298202514648, 5.287590026855469),
+          (11.466608047485352, 6.293717384338379, 5.172890663146973),
+          (11.257756233215332, 6.193920135498047, 5.063836097717285),
+          (11.05880355834961, 6.1009368896484375, 4.957866191864014)]
+PINNED_TOLERANCE = 1e-3  # absolute: float summation order may differ on another CPU; a training change moves more
+RESUME_TOLERANCE = 1e-6  # relative: the resumed run recomputes the same steps from the same state
 
 
 def _registered_checkpoints(storage: Path) -> list[str]:
@@ -75,20 +88,101 @@ def rationales(ray_cluster, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path: Path, stage: int):
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path / "run"
-    for part in ("problems", "rationales"):
-        shutil.copytree(rationales / part, out / part)
-    started = time.time()
-    killer = WorkerKiller(out / "ray_train")
-    killer.start()
-    args = ["train", "tiny", "-o", str(out), "--set", "training.teachers=[tiny_a]",
+def _train_args(out: Path, stage: int) -> list[str]:
+    return ["train", "tiny", "-o", str(out), "--set", "training.teachers=[tiny_a]",
             "--set", f"training.zero_stage={stage}", "--set", f"training.epochs={EPOCHS}",
             "--set", f"training.max_steps={TOTAL_STEPS}", "--set", f"training.checkpoint_every_steps={EVERY}",
             "--set", "training.max_failures=2"]
+
+
+def _copy_inputs(rationales: Path, out: Path) -> None:
+    for part in ("problems", "rationales"):
+        shutil.copytree(rationales / part, out / part)
+
+
+def recording_loop(records_dir: str):
+    """The default loop spelled out with the public worker API (what a benchmark passes as ``train(loop=...)``),
+    writing every rank's step records to ``records_dir``. A closure: cloudpickle ships it by value to the workers."""
+
+    def loop(spec):
+        import dataclasses
+        import json as _json
+
+        from tinyllm_ray import train_worker
+
+        state = train_worker.setup(spec)
+        if state is None:
+            return
+        records = []
+        train_worker.fit(state, on_step=records.append)
+        Path(records_dir, f"rank{state.rank}.json").write_text(_json.dumps([dataclasses.asdict(r) for r in records]))
+        train_worker.export(state)
+
+    return loop
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(rationales: Path, tmp_path_factory):
+    """The same training run, not interrupted, per ZeRO stage (trained on first use), through ``train(loop=...)``:
+    ``uninterrupted(stage)`` is (its student manifest, every rank's step records in rank order)."""
+    from tinyllm_ray.config import load_config
+    from tinyllm_ray.train import train
+
+    runs: dict[int, tuple[dict, list[list[dict]]]] = {}
+
+    def run(stage: int) -> tuple[dict, list[list[dict]]]:
+        if stage not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted_zero{stage}")
+            _copy_inputs(rationales, out)
+            records = out / "records"
+            records.mkdir()
+            overrides = [a for a in _train_args(out, stage)[4:] if a != "--set"] + [f"output_dir={out}"]
+            train(load_config("tiny", overrides), loop=recording_loop(str(records)))
+            manifest = read_manifest(out / "student")
+            runs[stage] = manifest, [json.loads((records / f"rank{r}.json").read_text()) for r in range(2)]
+        return runs[stage]
+
+    return run
+
+
+def test_first_losses_are_pinned(uninterrupted):
+    manifest, _ = uninterrupted(2)
+    losses = manifest["losses"]
+    assert [entry["step"] for entry in losses] == list(range(1, TOTAL_STEPS + 1))  # log_every_steps: 1
+    first = [(e["loss"], e["task_losses"]["answer"], e["task_losses"]["tiny_a"]) for e in losses[:len(PINNED)]]
+    print("first losses:", first)
+    for got, pinned in zip(first, PINNED):
+        assert got == pytest.approx(pinned, abs=PINNED_TOLERANCE)
+    # the total is the weighted sum of the tasks (weights 1 and alpha 1 here)
+    assert all(e["loss"] == pytest.approx(sum(e["task_losses"].values()), rel=1e-6) for e in losses)
+
+
+def test_every_rank_reports_every_step_to_on_step(uninterrupted):
+    manifest, ranks = uninterrupted(2)
+    for records in ranks:
+        assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
+        assert all(r["tokens"] > 0 and r["seconds"] >= 0 and r["loss"] > 0 for r in records)
+        assert [r["train_tokens"] for r in records] == [sum(r["tokens"] for r in records[:i + 1])
+                                                       for i in range(len(records))]
+        assert [r["epoch"] for r in records] == [(r["step"] - 1) // STEPS_PER_EPOCH for r in records]
+    rank0, rank1 = ranks
+    assert manifest["losses"] == [{"step": r["step"], "loss": r["loss"], "task_losses": r["task_losses"]}
+                                  for r in rank0]  # the loss log is rank 0's records
+    assert manifest["train_tokens"] == rank0[-1]["train_tokens"]
+    assert [r["loss"] for r in rank0] != [r["loss"] for r in rank1]  # each rank its own shard
+
+
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path: Path, stage: int, uninterrupted):
+    from transformers import AutoModelForCausalLM
+
+    reference = uninterrupted(stage)[0]["losses"]
+    out = tmp_path / "run"
+    _copy_inputs(rationales, out)
+    started = time.time()
+    killer = WorkerKiller(out / "ray_train")
+    killer.start()
+    args = _train_args(out, stage)
     try:
         result = runner.invoke(app, args)
     finally:
@@ -106,6 +200,12 @@ def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path
     assert resumed is not None and resumed % EVERY == 0 and EVERY <= resumed < TOTAL_STEPS, manifest
     state = json.loads((out / "student" / "tinyllm_train_state.json").read_text())
     assert state["kind"] == "final" and state["step"] == TOTAL_STEPS and state["resumed_from_step"] == resumed
+    # The steps before the checkpoint come from the killed attempt, the rest from the resumed one: together they are
+    # the uninterrupted run's (same data order, optimizer, scheduler and random state after the restart).
+    assert [e["step"] for e in manifest["losses"]] == [e["step"] for e in reference] == list(range(1, TOTAL_STEPS + 1))
+    for got, expected in zip(manifest["losses"], reference):
+        assert got["loss"] == pytest.approx(expected["loss"], rel=RESUME_TOLERANCE), (got, expected)
+        assert got["task_losses"] == pytest.approx(expected["task_losses"], rel=RESUME_TOLERANCE), (got, expected)
     model = AutoModelForCausalLM.from_pretrained(out / "student")
     assert model.config.model_type == "llama"
     # Ray Train keeps the final export plus the latest DeepSpeed checkpoint, which holds every rank's ZeRO shard.
@@ -123,4 +223,5 @@ def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path
         assert again.exit_code == 0, again.output
         rerun = read_manifest(out / "student")
         assert rerun["optimizer_steps"] == TOTAL_STEPS and rerun["resumed_from_step"] == resumed
+        assert rerun["losses"] == manifest["losses"]
         assert (out / "student" / "model.safetensors").read_bytes() == exported
