@@ -116,8 +116,8 @@ class EngineConfig(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
     allocator: Allocator = Field("auto", json_schema_extra=OPERATIONAL,
                                  description="Memory allocator of the teacher actors (see training.allocator); "
-                                                     "auto: jemalloc on CPU (faster there, benchmarks/RESULTS.md), the "
-                                                     "system's on GPU.")
+                                             "auto: jemalloc on CPU (faster there, benchmarks/RESULTS.md), the "
+                                             "system's on GPU.")
 
 
 def positive_resources(value: dict[str, float]) -> dict[str, float]:
@@ -264,13 +264,16 @@ class TrainingConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     custom_resources_per_worker: CustomResources = Field(
-        default_factory=dict, json_schema_extra=OPERATIONAL, description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
+        default_factory=dict, json_schema_extra=OPERATIONAL,
+        description="Custom Ray resources per training worker, e.g. {tinyllm_trainer: 1}.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", json_schema_extra=OPERATIONAL, description="How Ray places the training workers' placement group across nodes.")
+        "PACK", json_schema_extra=OPERATIONAL,
+        description="How Ray places the training workers' placement group across nodes.")
     allocator: Allocator = Field(
-        "auto", json_schema_extra=OPERATIONAL, description="Memory allocator of the training workers. jemalloc (shipped inside Ray's wheel) keeps "
-                            "freed memory for the next step instead of returning it to the OS: on CPU, far fewer "
-                            "page faults and shorter steps (benchmarks/RESULTS.md). auto: jemalloc on CPU workers, the system's on GPU workers.")
+        "auto", json_schema_extra=OPERATIONAL,
+        description="Memory allocator of the training workers. auto: the system's. jemalloc (shipped inside Ray's "
+                    "wheel, told to keep freed memory) faults fewer pages per step, but its retained memory grew "
+                    "without bound over a real-length CPU run (benchmarks/RESULTS.md): opt in for short runs only.")
     zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

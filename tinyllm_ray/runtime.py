@@ -68,10 +68,13 @@ def jemalloc_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def allocator_env(allocator: str, on_gpu: bool) -> dict[str, str]:
-    """Environment that preloads jemalloc into a worker for ``allocator`` jemalloc, or auto on CPU workers (a
-    MALLOC_CONF in the driver's environment wins). The path is this install's: every node runs the same image."""
-    if allocator == "system" or (allocator == "auto" and on_gpu):
+def allocator_env(allocator: str, on_gpu: bool, auto_on_cpu: str = "jemalloc") -> dict[str, str]:
+    """Environment that preloads jemalloc into a worker for ``allocator`` jemalloc, or auto on CPU workers when
+    ``auto_on_cpu`` is jemalloc (a MALLOC_CONF in the driver's environment wins). The path is this install's: every
+    node runs the same image. Training workers pass ``auto_on_cpu="system"``: see ``training.allocator``."""
+    if allocator == "auto":
+        allocator = "system" if on_gpu else auto_on_cpu
+    if allocator == "system":
         return {}
     path = jemalloc_path()
     if path is None:

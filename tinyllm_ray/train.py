@@ -98,6 +98,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     order = np.random.default_rng(training.seed).permutation(table.num_rows)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    worker_env = allocator_env(training.allocator, training.use_gpu, auto_on_cpu="system")
     trainer = TorchTrainer(
         _run_loop,
         # looked up at call time, so a patched train_loop_per_worker still runs (benchmarks, until they pass loop=)
@@ -110,7 +111,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
                              failure_config=FailureConfig(max_failures=training.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # DeveloperAPI in Ray 2.60; merged with the job's runtime env
-                             worker_runtime_env={"env_vars": allocator_env(training.allocator, training.use_gpu)}),
+                             worker_runtime_env={"env_vars": worker_env}),
     )
     start = time.time()
     result = trainer.fit()
