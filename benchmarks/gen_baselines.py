@@ -9,23 +9,20 @@ from typing import Any
 
 
 def render_prompts(config, teacher, tokenizer) -> tuple[list[str], list[str]]:
-    """(ids, prompts): the vLLM teacher's own ``render`` over the frozen train problems (demos, chat template...)."""
-    from types import SimpleNamespace
-
+    """(ids, prompts): the vLLM teacher's own rendering (``teachers.vllm.render_prompt``: demos, chat template...)
+    over the frozen train problems."""
     from tinyllm_ray import prompts
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.problems import load_frozen_problems
-    from tinyllm_ray.teachers.vllm import VLLMTeacher
+    from tinyllm_ray.teachers.vllm import render_prompt
 
     problems = load_frozen_problems(RunLayout.of(config.output_dir), "train").to_pylist()
-    # render() reads only these attributes of a VLLMTeacher, whose constructor builds an engine
-    chat = teacher.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
-    renderer = SimpleNamespace(teacher=teacher, tokenizer=tokenizer, use_chat=chat)
+    chat = teacher.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))  # as VLLMTeacher
     out = []
     for problem in problems:
         demos = prompts.sample_demos(problems, problem["id"], config.prompts.num_demos, config.prompts.demo_seed,
                                      config.prompts.demo_sampler)
-        out.append(VLLMTeacher.render(renderer, problem, demos, "rationale"))
+        out.append(render_prompt(tokenizer, teacher, problem, demos, "rationale", chat))
     return [p["id"] for p in problems], out
 
 

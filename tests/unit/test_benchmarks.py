@@ -108,7 +108,7 @@ def test_context_is_frozen(tmp_path):
 
 def test_what_the_benchmarks_use_from_the_product_exists():
     from tinyllm_ray.generation_plan import demos_from_pool, sampling_dict  # noqa: F401
-    from tinyllm_ray.teachers.vllm import VLLMTeacher, engine_kwargs  # noqa: F401
+    from tinyllm_ray.teachers.vllm import engine_kwargs, render_prompt  # noqa: F401
     from tinyllm_ray.train import load_rationales, train
     from tinyllm_ray.train_worker import _load_model, _open_rank0_sinks, export, fit, setup  # noqa: F401
 
