@@ -105,6 +105,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     import ray
 
     from tinyllm_ray.generate import answer_pass, run_teachers
+    from tinyllm_ray.teachers import answering
     from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.runtime import connect
 
@@ -126,8 +127,9 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options))
     results = student_results(problems, student["model"], rows_by_method)
     if config.evaluation.teachers if teachers is None else teachers:
-        run_teachers(config, layout, config.teachers, [answer_pass(config, layout)])
-        for teacher in config.teachers:
+        scored = answering(config.teachers)  # imported teachers have rationales, not answers
+        run_teachers(config, layout, scored, [answer_pass(config, layout)])
+        for teacher in scored:
             table = read_table(layout.teacher_answers / teacher.name, RATIONALE_SCHEMA)
             by_id = {r["id"]: r["rationale"] for r in table.to_pylist()}
             results.append({"name": teacher.name, "role": "teacher", "method": "generate",

@@ -59,6 +59,8 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     pending: dict[str, dict[int, str]] = {}  # teacher name -> {pass index: fingerprint} of the passes to write
     for teacher in teachers:
         for index, teacher_pass in enumerate(passes):
+            if teacher_pass.mode == "answer" and not kind_of(teacher).answers:
+                continue  # e.g. an imported teacher: rationales only, nothing to score it on
             fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, teacher_pass.mode)
             manifest = reuse(teacher, teacher_pass, fingerprint)
             if manifest:

@@ -44,6 +44,10 @@ class RunLayout:
     def teacher_dir(self, teacher: str) -> Path:
         return self.rationales / teacher
 
+    def imported_rationales(self, teacher: str) -> Path:
+        """An imported teacher's validated rationales, read by its actors (``teachers/imported.py``)."""
+        return self.root / "imports" / f"{teacher}.parquet"
+
     @staticmethod
     def shard_file(out_dir: Path, shard: int) -> Path:
         """Shard ``shard`` of a teacher's output folder (rationales or eval answers)."""

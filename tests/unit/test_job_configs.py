@@ -21,7 +21,8 @@ JOBS = REPO / "jobs"
 CLUSTER = REPO / "cluster"
 PAPER_JOBS = ("obqa", "arc", "piqa", "riddlesense", "pubmedqa", "bioasq")
 TINYLLM_FORMAT = {"obqa", "arc", "pubmedqa"}
-JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml")
+LOCAL_JOBS = ("arc_fidelity",)  # experiments for the 2-core CPU machine, not cluster jobs
+JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml" and p.stem not in LOCAL_JOBS)
 PAPER_ALPHAS = [0.01, 0.1, 0.5, 1.0, 2.0, 3.0]
 PAPER_STUDENTS = ["google/flan-t5-small", "google/flan-t5-base", "google/flan-t5-large"]
 TEACHER_ROLE, TRAINER_ROLE = "tinyllm_teacher", "tinyllm_trainer"
@@ -29,6 +30,22 @@ TEACHER_ROLE, TRAINER_ROLE = "tinyllm_teacher", "tinyllm_trainer"
 
 def test_every_expected_job_file_exists():
     assert {p.stem for p in JOB_FILES} == set(PAPER_JOBS) | {"demo"}
+    assert all((JOBS / f"{name}.yaml").is_file() for name in LOCAL_JOBS)
+
+
+def test_fidelity_job_compares_answer_only_each_teacher_and_both(monkeypatch):
+    from tinyllm_ray.preflight import problems
+    from tinyllm_ray.sweep import plan_trials
+
+    config = load_config(str(JOBS / "arc_fidelity.yaml"))
+    assert [t.kind for t in config.teachers] == ["imported", "imported"]
+    assert config.data.eval_split == "test" and config.evaluation.method == "both"
+    assert config.student.model == "builtin:smollm2-135m"
+    kinds = sorted(trial.kind for trial in plan_trials(config))
+    assert kinds == ["answer_only", "single_teacher", "single_teacher", "tinyllm"]
+    if (REPO.parent / "shared" / "data" / "tinyllm" / "arc").is_dir():  # its data path is relative to the repo
+        monkeypatch.chdir(REPO)
+        assert problems(config, "sweep") == []
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)

@@ -10,11 +10,14 @@ import time: the driver imports all of them.
 from __future__ import annotations
 
 from tinyllm_ray.config import TeacherConfig
+from tinyllm_ray.teachers import imported as _imported
 from tinyllm_ray.teachers import vllm as _vllm
 from tinyllm_ray.teachers.base import Rationales, Teacher, TeacherKind, placement_args, rationale_row
 
 KINDS: dict[str, TeacherKind] = {
     "vllm": TeacherKind(build=_vllm.VLLMTeacher, remote_args=_vllm.remote_args, prepare=_vllm.prepare),
+    "imported": TeacherKind(build=_imported.ImportedTeacher, remote_args=_imported.remote_args,
+                            prepare=_imported.prepare, manifest_fields=_imported.manifest_fields, answers=False),
 }
 DEFAULT_KIND = "vllm"
 
@@ -24,5 +27,10 @@ def kind_of(teacher: TeacherConfig) -> TeacherKind:
     return KINDS[getattr(teacher, "kind", DEFAULT_KIND)]
 
 
-__all__ = ["DEFAULT_KIND", "KINDS", "Rationales", "Teacher", "TeacherKind", "kind_of", "placement_args",
+def answering(teachers: list[TeacherConfig]) -> list[TeacherConfig]:
+    """The teachers whose kind can answer the eval questions (the ones `evaluate` scores)."""
+    return [t for t in teachers if kind_of(t).answers]
+
+
+__all__ = ["DEFAULT_KIND", "KINDS", "Rationales", "Teacher", "TeacherKind", "answering", "kind_of", "placement_args",
            "rationale_row"]

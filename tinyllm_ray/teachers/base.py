@@ -55,6 +55,7 @@ class TeacherKind:
     # (build, write) what the actors load; returns its location (the manifest's model_path). Teachers in turn, and
     # only those with output to write; the frozen problems exist by then.
     manifest_fields: Callable[[TeacherConfig, str], dict[str, Any]] | None = None  # extra teacher-manifest fields
+    answers: bool = True  # it can answer the eval questions (`evaluate` scores it); an imported teacher cannot
 
 
 def placement_args(resources: ResourceConfig) -> dict[str, Any]:
