@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 CLUSTER = REPO / "cluster"
 PAPER_JOBS = ("obqa", "arc", "piqa", "riddlesense", "pubmedqa", "bioasq")
+PAPER_RATIONALE_JOBS = ("arc_paper_rationales", "obqa_paper_rationales")  # the paper's rationales, imported
 TINYLLM_FORMAT = {"obqa", "arc", "pubmedqa"}
 LOCAL_JOBS = ("arc_fidelity",)  # experiments for the 2-core CPU machine, not cluster jobs
 JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml" and p.stem not in LOCAL_JOBS)
@@ -29,7 +30,7 @@ TEACHER_ROLE, TRAINER_ROLE = "tinyllm_teacher", "tinyllm_trainer"
 
 
 def test_every_expected_job_file_exists():
-    assert {p.stem for p in JOB_FILES} == set(PAPER_JOBS) | {"demo"}
+    assert {p.stem for p in JOB_FILES} == set(PAPER_JOBS) | set(PAPER_RATIONALE_JOBS) | {"demo"}
     assert all((JOBS / f"{name}.yaml").is_file() for name in LOCAL_JOBS)
 
 
@@ -56,6 +57,9 @@ def test_job_config_loads(path):
     assert config.output_dir.startswith("/mnt/shared/"), "cluster jobs write to storage every node mounts"
     assert config.data.eval_split == "valid"
     for teacher in config.teachers:
+        if teacher.kind == "imported":
+            assert teacher.resources.num_gpus_per_actor == 0 and path.stem in PAPER_RATIONALE_JOBS
+            continue
         assert teacher.engine.kv_cache_memory_bytes is None, "vLLM on GPU sizes its own KV cache"
         assert teacher.resources.num_gpus_per_actor == teacher.engine.tensor_parallel_size
         assert teacher.resources.custom_resources == {TEACHER_ROLE: teacher.resources.num_gpus_per_actor}, \
@@ -287,6 +291,9 @@ def test_job_custom_resources_are_advertised_by_the_right_group(path, definition
     groups = cluster_groups()[definition]
     teachers, trainers = groups["teachers"], groups["trainers"]
     for teacher in config.teachers:
+        if teacher.kind == "imported":  # a CPU actor for seconds: it takes no GPU anywhere
+            assert teacher.resources.num_gpus_per_actor == 0
+            continue
         wanted = teacher.resources.custom_resources
         assert wanted, f"{teacher.name}: no custom resource, so teacher actors could take trainer GPUs"
         for name, amount in wanted.items():
