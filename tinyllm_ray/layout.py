@@ -78,11 +78,6 @@ class RunLayout:
         return self.evaluation / "report.md"
 
     @property
-    def trial_marker(self) -> Path:
-        """A sweep trial's record of the evaluation it reused (its key and result)."""
-        return self.work / "trial.json"
-
-    @property
     def teacher_answers(self) -> Path:
         """Teachers' answers to the eval split, for their accuracy: shared, as they do not depend on a student."""
         return self.root / "evaluation" / "teacher_answers"
