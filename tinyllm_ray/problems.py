@@ -10,7 +10,7 @@ import pyarrow as pa
 from tinyllm_ray.artifacts import reusable
 from tinyllm_ray.config import JobConfig, fingerprint_view, stable_hash
 from tinyllm_ray.data import DataError, load_problems
-from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.layout import MANIFEST, RunLayout
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest, write_table
 
 # Teacher actors read their shard's rows straight from the frozen problems file: small row groups keep that read
@@ -38,7 +38,7 @@ def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) 
     if overlap:
         raise DataError(f"{len(overlap)} problem ids appear in both train and eval splits, e.g. {sorted(overlap)[:3]}")
     layout.problems.mkdir(parents=True, exist_ok=True)
-    (layout.problems / "manifest.json").unlink(missing_ok=True)
+    (layout.problems / MANIFEST).unlink(missing_ok=True)
     for role, table in tables.items():
         write_table(table, layout.problem_file(role), row_group_size=PROBLEM_ROW_GROUP)
     return write_manifest(layout.problems, fingerprint=fingerprint, data=config.data.model_dump(mode="json"),

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from tinyllm_ray import sweep_results
-from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.config import JobConfig, TrainingConfig, config_to_yaml, stable_hash
-from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.errors import TinyLLMError
+from tinyllm_ray.layout import MANIFEST, RunLayout
 from tinyllm_ray.schemas import write_manifest
 from tinyllm_ray.scoring import methods_of
 from tinyllm_ray.sweep_results import (  # noqa: F401 - the results API, also importable from here
@@ -273,7 +273,7 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
         trial_config(config, trial)  # every trial's config is valid before anything runs
     for student in dict.fromkeys(t.student for t in trials):
         resolve_model(student)  # fail before generating on a bad student; build builtins once, not in every trial
-    (layout.sweep / "manifest.json").unlink(missing_ok=True)
+    (layout.sweep / MANIFEST).unlink(missing_ok=True)
     generate(config, force=force, only=teachers_needed(config, trials))
     concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training)
     log.info("sweep: %d trials, up to %d at once", len(trials), concurrency)
@@ -301,7 +301,7 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
             entries[trial.name] = found
         rows += result_rows(trial, config, metrics, error, found)
     rows = compare_to_baselines(rows, entries)
-    payload = write_results(layout.sweep, rows, f"{config.name} ({config.data.dataset}, split {config.data.eval_split})",
+    payload = write_results(layout, rows, f"{config.name} ({config.data.dataset}, split {config.data.eval_split})",
                             max_concurrent_trials=concurrency, seconds=round(time.time() - start, 2))
     write_manifest(layout.sweep, fingerprint=stable_hash([asdict(t) for t in trials]), trials=[t.name for t in trials],
                    failed=payload["failed"], best=payload["best"], significant=payload["significant"],

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.scoring import METHODS
 from tinyllm_ray.stats import LEVEL, SIGNIFICANCE, paired_comparison
 
@@ -251,12 +252,12 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_results(directory: Path, rows: Sequence[Mapping[str, Any]], title: str, **extra: Any) -> dict[str, Any]:
-    """results.json / .csv / .md / .png in ``directory``; returns the JSON payload."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_results(layout: RunLayout, rows: Sequence[Mapping[str, Any]], title: str, **extra: Any) -> dict[str, Any]:
+    """The sweep's results.json / .csv / .md / .png (``layout.sweep_results``); returns the JSON payload."""
+    layout.sweep.mkdir(parents=True, exist_ok=True)
     payload = {"title": title, **summary(rows), **extra, "trials": list(rows)}
-    (directory / "results.json").write_text(json.dumps(payload, indent=2))
-    (directory / "results.csv").write_text(render_csv(rows))
-    (directory / "results.md").write_text(render_markdown(rows, title))
-    plot(rows, directory / "results.png", title)
+    layout.sweep_results("json").write_text(json.dumps(payload, indent=2))
+    layout.sweep_results("csv").write_text(render_csv(rows))
+    layout.sweep_results("md").write_text(render_markdown(rows, title))
+    plot(rows, layout.sweep_results("png"), title)
     return payload

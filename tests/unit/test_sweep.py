@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from tinyllm_ray.cli import app
 from tinyllm_ray.config import ConfigError, TrainingConfig, load_config
+from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.evaluate import summarise
 from tinyllm_ray.stats import PairedTable, newcombe_paired_interval, wilson_interval
 from tinyllm_ray.sweep import (
@@ -268,12 +269,12 @@ def test_csv_and_files(tmp_path):
     assert list(parsed[0]) == list(COLUMNS) and parsed[0]["baseline"] == ANSWER_ONLY
     assert float(parsed[2]["mcnemar_p"]) == pytest.approx(0.03125) and parsed[2]["significant"] == "True"
     assert parsed[3]["accuracy"] == "" and parsed[3]["error"].startswith("TrainingError")
-    payload = write_results(tmp_path / "sweep", rows, "tiny", max_concurrent_trials=2)
+    payload = write_results(RunLayout.of(str(tmp_path)), rows, "tiny", max_concurrent_trials=2)
     for name in ("results.json", "results.csv", "results.md"):
         assert (tmp_path / "sweep" / name).is_file()
     assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "sweep" / "results.json").read_text()) == payload
     assert payload["trials"] == rows and payload["max_concurrent_trials"] == 2
     assert [s["name"] for s in payload["significant"]] == [SINGLE_A]
-    write_results(tmp_path / "both", _rows(("generate", "loglikelihood")), "tiny")  # the plot labels methods
-    assert (tmp_path / "both" / "results.png").is_file()
+    write_results(RunLayout.of(str(tmp_path / "both")), _rows(("generate", "loglikelihood")), "tiny")  # methods
+    assert (tmp_path / "both" / "sweep" / "results.png").is_file()
