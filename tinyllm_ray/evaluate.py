@@ -105,9 +105,9 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     import ray
 
     from tinyllm_ray.generate import answer_pass, run_teachers
-    from tinyllm_ray.teachers import answering
     from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.runtime import connect
+    from tinyllm_ray.teachers import answering
 
     layout = layout or RunLayout.of(config.output_dir)
     student = read_manifest(layout.student)
