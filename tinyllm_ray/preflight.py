@@ -34,8 +34,8 @@ def plan_for(job: JobConfig, stage: str, only: Sequence[str] | None = None, teac
         return Plan(tuple(only) if only else every, student=False)
     if stage == "train":
         return Plan((), student=True)
-    if stage == "evaluate":
-        return Plan(every if (job.evaluation.teachers if teachers is None else teachers) else (), student=True)
+    if stage == "evaluate":  # scores the trained student folder, not student.model
+        return Plan(every if (job.evaluation.teachers if teachers is None else teachers) else (), student=False)
     return Plan(every, student=True)  # run, sweep, validate: everything
 
 

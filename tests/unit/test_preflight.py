@@ -34,8 +34,8 @@ def test_checks_follow_what_the_stage_touches():
     assert plan_for(job, "generate", only=["tiny_b"]).teachers == ("tiny_b",)
     assert problems(job, "generate", only=["tiny_b"]) == []  # neither the broken teacher nor the student is used
     assert [p.split(":")[0] for p in problems(job, "train")] == ["student.model"]
-    assert len(problems(job, "evaluate", teachers=False)) == 1
-    assert len(problems(job, "evaluate", teachers=True)) == 2
+    assert problems(job, "evaluate", teachers=False) == []  # it scores the trained student, not student.model
+    assert len(problems(job, "evaluate", teachers=True)) == 1
 
 
 def test_unknown_builtin_model_is_found_without_building_it():
