@@ -33,7 +33,7 @@ def test_demo_job_end_to_end(tmp_path: Path):
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert [r["name"] for r in report["results"][1:]] == ["smollm2_greedy", "smollm2_sampled"]
     assert all(r["total"] == 16 for r in report["results"])
-    assert "| model | role | accuracy |" in proc.stdout
+    assert "| model | role | method | accuracy |" in proc.stdout
     # What the user reads: each progress line once, and no warning that only says the local cluster has no dashboard.
     output = proc.stdout + proc.stderr
     step_lines = [line.split("[train] ", 1)[1].split(" loss")[0] for line in output.splitlines() if "[train] step" in line]
