@@ -100,7 +100,12 @@ class TrainingConfig(Strict):
                     "without bound over a real-length CPU run (benchmarks/RESULTS.md): opt in for short runs only.")
     zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Weights, gradients and activations (DeepSpeed bf16 / fp16 keep fp32 master weights).")
+    autocast: Literal["off", "bf16"] = Field(
+        "off", json_schema_extra=UNLESS_DEFAULT, description="bf16: mixed precision with fp32 weights and optimizer: the forward and backward matmuls "
+                           "run in bf16 under torch.autocast (DeepSpeed torch_autocast); needs dtype fp32. Fast on "
+                           "CPUs with AVX512-BF16 or AMX and on GPUs.")
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
     length_groups: int = Field(2, ge=1, le=8, json_schema_extra=OPERATIONAL, description="Forward passes per micro-batch, its sequences grouped by "
                                "length so short answers are not padded to rationale length (1: one padded batch).")
@@ -128,6 +133,13 @@ class TrainingConfig(Strict):
         if self.zero_stage == "auto":
             return 0 if self.num_workers == 1 else 2
         return self.zero_stage
+
+    @model_validator(mode="after")
+    def _autocast_over_fp32(self) -> "TrainingConfig":
+        if self.autocast != "off" and self.dtype != "fp32":
+            raise ValueError(f"training.autocast={self.autocast} keeps fp32 weights: it needs training.dtype=fp32, "
+                             f"got {self.dtype} (use one or the other)")
+        return self
 
     @field_validator("alpha")
     @classmethod

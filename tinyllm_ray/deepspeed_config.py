@@ -28,6 +28,8 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
             "stage3_gather_16bit_weights_on_model_save": True,
             "overlap_comm": False,
         })
+    if training.autocast == "bf16":
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if training.dtype == "bf16":
         config["bf16"] = {"enabled": True}
     elif training.dtype == "fp16":

@@ -117,3 +117,17 @@ def test_zero_with_one_worker_warns():
     assert slow_setting_warnings(TrainingConfig(num_workers=1, zero_stage=0)) == []
     assert slow_setting_warnings(TrainingConfig(num_workers=1)) == []  # auto: stage 0
     assert slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=3)) == []
+
+
+def test_bf16_autocast_keeps_fp32_weights():
+    """autocast: DeepSpeed's torch_autocast block, and neither bf16 nor fp16 (which would cast the weights)."""
+    config = build_deepspeed_config(TrainingConfig(autocast="bf16"), world_size=1)
+    assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "bf16" not in config and "fp16" not in config
+    assert "torch_autocast" not in build_deepspeed_config(TrainingConfig(), world_size=1)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_autocast_needs_fp32_weights(dtype):
+    with pytest.raises(ValueError, match="training.autocast=bf16 keeps fp32 weights"):
+        TrainingConfig(autocast="bf16", dtype=dtype)
