@@ -12,8 +12,11 @@ completion_len)`` with ``completion_len = len(choice)``). The prompt and the opt
 prompt and target, so no delimiter is inserted between them. Decoder-only students read the option's tokens after
 the prompt's; seq2seq students (T5) get the prompt as encoder input and the option's tokens as labels.
 
-One forward pass per (problem, option) sequence, ``batch_size`` sequences a pass, sorted by length so a pass pads
-little; right padding, so no real token attends to or is positioned after a pad.
+Each problem's prompt is read once, not once per option: a pass over the prompts of up to ``batch_size`` option
+rows' problems (decoder-only: left-padded, positions counted from each prompt's first real token, keeping the
+prompt's key/value cache and the last position's logits; seq2seq: the encoder), then one pass over every option
+of those problems against its prompt's cache or encoder states. With ARC-length prompts and options that is about
+a third of the tokens of one (prompt, option) sequence per option.
 """
 
 from __future__ import annotations
@@ -59,44 +62,89 @@ class LoglikelihoodScorer:
 
 def option_loglikelihoods(student: Student, texts: Sequence[str], choices: Sequence[Sequence[str]],
                           batch_size: int) -> list[list[float]]:
-    """Summed log-probability of every option's tokens after its problem's prompt: one list per problem."""
+    """Summed log-probability of every option's tokens after its problem's prompt: one list per problem (an empty
+    option: 0)."""
     from tqdm import tqdm
 
     encode = lambda text: student.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-    requests = []  # (problem, option, prompt ids, option ids)
-    for i, (text, options) in enumerate(zip(texts, choices)):
-        source = encode(text)
-        requests += [(i, j, source, encode(option)) for j, option in enumerate(options)]
+    problems = [(i, encode(text), [encode(option) for option in options])
+                for i, (text, options) in enumerate(zip(texts, choices))]
     out = [[0.0] * len(options) for options in choices]
-    todo = sorted((r for r in requests if r[3]), key=lambda r: -(len(r[2]) + len(r[3])))  # an empty option: 0
-    for start in tqdm(range(0, len(todo), batch_size), desc="student eval (loglikelihood)", unit="batch"):
-        batch = todo[start:start + batch_size]
-        for (i, j, _, _), value in zip(batch, _batch_loglikelihoods(student, [(r[2], r[3]) for r in batch])):
+    batches = _batches(sorted(problems, key=lambda p: -len(p[1])), batch_size)  # similar prompt lengths together
+    for batch in tqdm(batches, desc="student eval (loglikelihood)", unit="batch"):
+        for (i, j), value in _batch_loglikelihoods(student, batch):
             out[i][j] = value
     return out
 
 
-def _batch_loglikelihoods(student: Student, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-    """One forward pass over right-padded (prompt, option) pairs; each option's summed token log-probabilities."""
+def _batches(problems: list, batch_size: int) -> list[list]:
+    """Consecutive problems whose non-empty options fill at most ``batch_size`` rows (at least one problem each)."""
+    batches, current, rows = [], [], 0
+    for problem in problems:
+        width = sum(1 for option in problem[2] if option)
+        if current and rows + width > batch_size:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(problem)
+        rows += width
+    return batches + ([current] if current else [])
+
+
+def _batch_loglikelihoods(student: Student, problems: Sequence[tuple[int, list[int], list[list[int]]]]):
+    """((problem, option), summed log-probability) of every non-empty option of ``problems``: one pass over their
+    prompts, one over their options."""
     import torch
 
-    pad = student.tokenizer.pad_token_id
-    if student.seq2seq:
-        sources, labels = [s for s, _ in pairs], [t for _, t in pairs]
-        inputs = dict(input_ids=_padded(sources, pad), attention_mask=_mask(sources), labels=_padded(labels, -100))
-        starts = [0] * len(pairs)  # logits[k] predicts labels[k]
-    else:
-        sequences = [s + t for s, t in pairs]
-        inputs = dict(input_ids=_padded(sequences, pad), attention_mask=_mask(sequences))
-        starts = [len(s) - 1 for s, _ in pairs]  # logits[k] predicts token k + 1
+    options = [(row, i, j, option) for row, (i, _, opts) in enumerate(problems) for j, option in enumerate(opts)
+               if option]
+    if not options:
+        return []
+    prompts = [source for _, source, _ in problems]
+    owner = torch.tensor([row for row, _, _, _ in options])  # the prompt row of every option row
+    targets = [option for _, _, _, option in options]
     with torch.no_grad():
-        logits = student.model(**{k: v.to(student.device) for k, v in inputs.items()}).logits
-    values = []
-    for row, (start, (_, option)) in enumerate(zip(starts, pairs)):
-        logprobs = torch.log_softmax(logits[row, start:start + len(option)].float(), dim=-1)
-        target = torch.tensor(option, device=logprobs.device).unsqueeze(1)
-        values.append(float(logprobs.gather(1, target).sum()))
-    return values
+        if student.seq2seq:
+            logprobs = _seq2seq_logprobs(student, prompts, owner, targets)
+        else:
+            logprobs = _decoder_logprobs(student, prompts, owner, targets)
+    return [((i, j), float(logprobs[k, :len(option)].gather(1, torch.tensor(option).unsqueeze(1)).sum()))
+            for k, (_, i, j, option) in enumerate(options)]
+
+
+def _decoder_logprobs(student: Student, prompts: list[list[int]], owner, targets: list[list[int]]):
+    """Log-probabilities (option rows x option tokens x vocabulary): position k predicts the option's token k."""
+    import torch
+
+    device, pad = student.device, student.tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    first = student.model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1,
+                          position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0))
+    cache = first.past_key_values
+    cache.batch_select_indices(owner.to(device))  # every option row continues its problem's prompt
+    option_ids, option_mask = _padded(targets, pad).to(device), _mask(targets).to(device)
+    lengths = prompt_mask.sum(-1)[owner.to(device)].unsqueeze(1)
+    rest = student.model(input_ids=option_ids, past_key_values=cache, use_cache=False,
+                         attention_mask=torch.cat([prompt_mask[owner.to(device)], option_mask], dim=1),
+                         position_ids=lengths + torch.arange(option_ids.shape[1], device=device))
+    # the prompt's last position predicts the option's first token; option position k predicts token k + 1
+    logits = torch.cat([first.logits[owner.to(device), -1:], rest.logits[:, :-1]], dim=1)
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def _seq2seq_logprobs(student: Student, prompts: list[list[int]], owner, targets: list[list[int]]):
+    """Log-probabilities (option rows x option tokens x vocabulary): decoder position k predicts label k."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    device = student.device
+    prompt_ids, prompt_mask = _padded(prompts, student.tokenizer.pad_token_id).to(device), _mask(prompts).to(device)
+    encoded = student.model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+    rows = owner.to(device)
+    logits = student.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
+                           attention_mask=prompt_mask[rows], labels=_padded(targets, -100).to(device)).logits
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def _padded(rows: Sequence[Sequence[int]], value: int):
