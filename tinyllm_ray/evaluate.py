@@ -120,8 +120,9 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     start = time.time()
     num_gpus = 1 if config.training.use_gpu else 0
     # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU; scheduled on
-    # the cluster, not in the caller's placement group (a sweep's Tune trial has no room for it there).
-    predict = ray.remote(num_cpus=1, num_gpus=num_gpus, resources=dict(config.training.custom_resources_per_worker),
+    # the cluster, not in the caller's placement group (a sweep's Tune trial has no room for it there). One
+    # worker's CPUs: Ray sizes the task's torch threads (OMP_NUM_THREADS) from them, and training has ended.
+    predict = ray.remote(num_cpus=config.training.cpus_per_worker, num_gpus=num_gpus, resources=dict(config.training.custom_resources_per_worker),
                          scheduling_strategy="DEFAULT")(score_student)
     options = ScoringOptions(config.prompts.task_prefix, config.evaluation.batch_size, config.evaluation.max_new_tokens)
     rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options))
