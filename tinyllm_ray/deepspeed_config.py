@@ -26,7 +26,9 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
     if stage == 3:
         config["zero_optimization"].update({
             "stage3_gather_16bit_weights_on_model_save": True,
-            "overlap_comm": False,
+            # gather the next parameters while this layer computes; the prefetch trace it needs stays valid because
+            # ZeRO-3 runs one forward pass per micro-batch (run_length_groups)
+            "overlap_comm": True,
         })
     if training.autocast == "bf16":
         config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
@@ -37,9 +39,29 @@ def build_deepspeed_config(training: TrainingConfig, world_size: int) -> dict[st
     return config
 
 
-def slow_setting_warnings(training: TrainingConfig) -> list[str]:
-    """Legal settings that only cost time, to warn about before training starts."""
+def run_length_groups(training: TrainingConfig) -> int:
+    """Forward passes per micro-batch as training runs them: ``training.length_groups``, but 1 under ZeRO-3.
+
+    ZeRO-3 records the order in which the first steps fetch parameters and prefetches along it; several length
+    groups per micro-batch give every step a different number of forward passes, so the recorded order never
+    repeats, DeepSpeed drops its trace and every fetch waits (the group count varies with the batch's lengths)."""
+    return 1 if training.resolved_zero_stage == 3 else training.length_groups
+
+
+def slow_setting_warnings(training: TrainingConfig, seq2seq: bool | None = None) -> list[str]:
+    """Legal settings that only cost time (or, for fp16 T5 students, the run), to warn about before training
+    starts. ``seq2seq``: whether the student is an encoder-decoder model (None: not known yet)."""
     warnings = []
+    if training.dtype == "fp16" and seq2seq:  # T5 was pretrained in bf16: its activations outgrow fp16's range
+        warnings.append(
+            "training.dtype=fp16 with a T5 (seq2seq) student: DeepSpeed's fp16 casts every parameter and T5's "
+            "activations overflow fp16 (losses go inf/NaN, or the loss scaler skips step after step); set "
+            "training.dtype=bf16 (GPUs since Ampere) or fp32")
+    if training.resolved_zero_stage == 3 and training.length_groups > 1 and "length_groups" in training.model_fields_set:
+        warnings.append(
+            f"training.length_groups={training.length_groups} under ZeRO-3: trained as 1 group per micro-batch "
+            "(a varying number of forward passes per step breaks ZeRO-3's parameter prefetch); use ZeRO-2 to keep "
+            "length groups")
     if training.num_workers == 1 and training.resolved_zero_stage > 0:
         warnings.append(
             f"training.zero_stage={training.zero_stage} with 1 worker: ZeRO shards state across workers, with one "

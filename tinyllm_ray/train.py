@@ -80,7 +80,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         if counts["usable"] == 0:
             log.warning("teacher %s: no usable rationale after training.rationale_filter (%s); only the answer "
                         "task and the other teachers train", name, counts)
-    for warning in slow_setting_warnings(training):
+    for warning in slow_setting_warnings(training, seq2seq):
         log.warning(warning)
     spec = worker_spec(config, layout, model_path, seq2seq, table.num_rows)
 

@@ -128,7 +128,7 @@ class WorkerSpec:
 def worker_spec(config: JobConfig, layout: RunLayout, model_path: str, seq2seq: bool,
                 training_rows: int) -> WorkerSpec:
     """The spec of ``config``'s student, trained on ``training_rows`` rows, with its metrics under ``layout``."""
-    from tinyllm_ray.deepspeed_config import build_deepspeed_config
+    from tinyllm_ray.deepspeed_config import build_deepspeed_config, run_length_groups
 
     training = config.training
     per_epoch, total = micro_step_plan(training_rows, training)
@@ -141,7 +141,7 @@ def worker_spec(config: JobConfig, layout: RunLayout, model_path: str, seq2seq: 
         learning_rate=training.learning_rate, weight_decay=training.weight_decay, warmup_steps=training.warmup_steps,
         seed=training.seed, epochs=training.epochs, micro_steps_per_epoch=per_epoch, total_micro_steps=total,
         max_input_tokens=config.student.max_input_tokens, max_target_tokens=config.student.max_target_tokens,
-        length_groups=training.length_groups, log_every_steps=training.log_every_steps,
+        length_groups=run_length_groups(training), log_every_steps=training.log_every_steps,
         checkpoint_every_steps=training.checkpoint_every_steps, metrics=config.metrics,
         metrics_dir=str(layout.metrics / "train"), experiment=config.name,
         # MLflow / W&B run: the job, or the sweep trial (its folder name) with the job

@@ -48,11 +48,52 @@ def test_explicit_stage_wins_over_auto():
     assert TrainingConfig(num_workers=4, zero_stage=0).resolved_zero_stage == 0
 
 
-def test_stage_3_gathers_weights_on_save():
+def test_stage_3_gathers_weights_on_save_and_overlaps_communication():
     config = build_deepspeed_config(TrainingConfig(zero_stage=3), world_size=2)
     zero = config["zero_optimization"]
     assert zero["stage"] == 3
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["overlap_comm"] is True  # parameter fetches overlap compute (one forward pass per micro-batch)
+
+
+@pytest.mark.parametrize(("stage", "groups", "runs"), [(0, 2, 2), (2, 4, 4), (2, 1, 1), (3, 2, 1), (3, 8, 1)])
+def test_zero_3_trains_one_length_group(stage, groups, runs):
+    from tinyllm_ray.deepspeed_config import run_length_groups
+
+    assert run_length_groups(TrainingConfig(num_workers=2, zero_stage=stage, length_groups=groups)) == runs
+
+
+def test_worker_spec_carries_the_length_groups_that_run():
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.train_plan import worker_spec
+
+    def spec(*overrides):
+        job = load_config("tiny", ["training.length_groups=3", *overrides])
+        return worker_spec(job, RunLayout.of("/tmp/tinyllm-spec-test"), "/models/student", False, 16)
+
+    assert spec("training.zero_stage=2").length_groups == 3
+    assert spec("training.zero_stage=3").length_groups == 1
+
+
+def test_length_groups_under_zero_3_warn_only_when_asked_for():
+    from tinyllm_ray.deepspeed_config import slow_setting_warnings
+
+    asked = slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=3, length_groups=4))
+    assert len(asked) == 1 and "training.length_groups=4 under ZeRO-3" in asked[0]
+    assert slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=3)) == []  # the default: resolved quietly
+    assert slow_setting_warnings(TrainingConfig(num_workers=2, zero_stage=2, length_groups=4)) == []
+
+
+@pytest.mark.parametrize(("dtype", "seq2seq", "warns"), [
+    ("fp16", True, True), ("fp16", False, False), ("fp16", None, False),
+    ("bf16", True, False), ("fp32", True, False)])
+def test_fp16_with_a_t5_student_warns(dtype, seq2seq, warns):
+    from tinyllm_ray.deepspeed_config import slow_setting_warnings
+
+    found = [w for w in slow_setting_warnings(TrainingConfig(num_workers=2, dtype=dtype), seq2seq) if "fp16" in w]
+    assert bool(found) == warns, found
+    if warns:
+        assert "T5 (seq2seq) student" in found[0] and "training.dtype=bf16" in found[0] and "fp32" in found[0]
 
 
 def test_fp32_has_no_precision_blocks():
