@@ -10,8 +10,12 @@ from typing import Any, Optional
 
 import typer
 
+from tinyllm_ray.cli_data import data_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="TinyLLM multi-teacher distillation on Ray: vLLM teachers -> rationales -> DeepSpeed student.")
+
+app.add_typer(data_app, name="data")
 
 ConfigArg = typer.Argument("demo", help="Job config: a YAML file or a shipped preset name (`tinyllm-ray presets`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set training.zero_stage=3 "

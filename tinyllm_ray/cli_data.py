@@ -1,0 +1,39 @@
+"""`tinyllm-ray data ...`: obtain and look at datasets. Registered in cli.py as the `data` command group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Obtain and look at datasets.")
+
+
+@data_app.command()
+def fetch(name: str = typer.Argument(..., help="Dataset folder of the TinyLLM repository: obqa, arc, pubmedqa, "
+                                     "piqa, riddle, bioasq."),
+          to: Path = typer.Option(Path("data/tinyllm"), "--to", help="Parent folder; the dataset lands in TO/NAME "
+                                  "(the jobs read data/tinyllm/NAME)."),
+          rationales: bool = typer.Option(False, "--rationales", help="Also the paper's teacher rationales (llm/), "
+                                          "what `kind: imported` teachers with source.format tinyllm read."),
+          base_url: Optional[str] = typer.Option(None, "--base-url", envvar="TINYLLM_RAY_DATA_URL",
+                                                 help="Folder URL holding the datasets/ folders [default: the "
+                                                 "repository's main branch on raw.githubusercontent.com]."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")):
+    """Download one dataset folder of the TinyLLM repository (YikunHan42/TinyLLM, datasets/NAME), check every file
+    (it parses, row counts) and move it into place whole; a folder already in place is checked, not fetched."""
+    from tinyllm_ray.cli import _fail
+    from tinyllm_ray.dataset_manifest import dataset_spec
+    from tinyllm_ray.errors import TinyLLMError
+    from tinyllm_ray.fetch import describe, fetch_dataset
+
+    try:
+        result = fetch_dataset(name, to, rationales=rationales, base_url=base_url, progress=not quiet)
+    except TinyLLMError as err:
+        _fail(err)
+    rows = ", ".join(f"{split} {count}" for split, count in result.rows.items())
+    extra = f" + {result.rationale_files} rationale files in llm/" if rationales else ""
+    state = "already complete, nothing downloaded" if result.already_complete else \
+        f"downloaded {len(result.downloaded)} files"
+    typer.echo(f"ok: {result.folder} ({describe(dataset_spec(name))}): problems {rows}{extra}; {state}")
