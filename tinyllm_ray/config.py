@@ -28,18 +28,43 @@ PRESETS_PACKAGE = "tinyllm_ray.presets"
 
 
 class FieldMapping(Strict):
-    """Column names in the source files for each canonical problem field."""
+    """Where each canonical problem field is in a source record: a column name, or a dotted path into nested records
+    (``question.stem``); a column whose own name has dots is matched first."""
 
     id: str | None = "id"
     question: str = "question"
-    choices: str = "choices"
-    answer: str = "answer"
+    choices: str | list[str] = Field("choices", description="A column holding the options (list, JSON list or a|b|c), "
+                                     "or a list of columns, one per option (e.g. [A, B, C, D]).")
+    answer: str = Field("answer", description="Option text, a letter such as B, or with `labels` an option's label.")
     context: str | None = None
+    labels: str | None = Field(None, json_schema_extra=UNLESS_DEFAULT,
+                               description="Path to the options' labels (e.g. choices.label): an answer equal to a "
+                                           "label picks that option.")
+
+    @field_validator("choices")
+    @classmethod
+    def _columns_given(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (len(value) < 2 or len(set(value)) != len(value)):
+            raise ValueError(f"a list of option columns needs at least two distinct names, got {value}")
+        return value
+
+
+class HFSource(Strict):
+    """How ``data.format: hf`` calls the Hugging Face ``datasets`` library (read only for that format)."""
+
+    name: str | None = Field(None, description="The dataset's configuration, e.g. ARC-Easy or main.")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Files for load_dataset; a mapping names the splits ({train: a.jsonl, validation: b.jsonl}). "
+                          "data.path is then a builder (json, csv, parquet) or the folder they are in.")
+    revision: str | None = Field(None, description="A hub dataset's branch, tag or commit (pin it for reproducible runs).")
+    cache_dir: str | None = Field(None, json_schema_extra=OPERATIONAL,
+                                  description="Where datasets keeps its Arrow cache (default: HF_DATASETS_CACHE).")
 
 
 class DataConfig(Strict):
-    format: Literal["demo", "tinyllm", "json", "jsonl", "parquet", "csv"] = "demo"
-    path: str | None = Field(None, description="File or directory; for 'tinyllm' the dataset folder (e.g. .../obqa).")
+    format: Literal["demo", "tinyllm", "json", "jsonl", "parquet", "csv", "hf"] = "demo"
+    path: str | None = Field(None, description="File or directory; for 'tinyllm' the dataset folder (e.g. .../obqa); for "
+                             "'hf' a folder for load_dataset, a save_to_disk folder or a hub id.")
     dataset: str = Field("demo", description="Dataset name recorded on every problem.")
     train_split: str = "train"
     eval_split: str = Field("valid", description="Held-out split for evaluation (use the test split only for final numbers).")
@@ -47,11 +72,16 @@ class DataConfig(Strict):
     answer_is_index: bool = Field(False, description="The answer column holds a 0-based option index, not option text.")
     max_train_problems: int | None = Field(None, ge=1)
     max_eval_problems: int | None = Field(None, ge=1)
+    hf: HFSource = Field(HFSource(), json_schema_extra=UNLESS_DEFAULT)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
         if self.format != "demo" and not self.path:
             raise ValueError(f"data.path is required for data.format={self.format!r}")
+        if self.format != "hf" and self.hf != HFSource():
+            raise ValueError(f"data.hf is read only for data.format=hf, not {self.format!r}; remove it")
+        if self.answer_is_index and self.fields.labels:
+            raise ValueError("data.fields.labels maps answers given as labels; it cannot be used with data.answer_is_index")
         return self
 
 

@@ -1,7 +1,7 @@
 """Load multiple-choice problems from disk into the canonical ``PROBLEM_SCHEMA`` table. Pure pyarrow; no Ray.
 
-Every source (the embedded demo set, the TinyLLM repository layout, JSON / JSON Lines / Parquet / CSV files)
-goes through one row validator, so a bad row fails the same way everywhere: a ``DataError`` naming the file,
+Every source (the embedded demo set, the TinyLLM repository layout, JSON / JSON Lines / Parquet / CSV files, a
+Hugging Face dataset) goes through one row validator and one field mapping (:mod:`tinyllm_ray.data_fields`), so a bad row fails the same way everywhere: a ``DataError`` naming the file,
 the row and what to change. Nothing is dropped silently; the only tolerated oddity is a repeated *wrong*
 option (the real OBQA train split has three), which is kept with a warning because it leaves the gold
 answer unambiguous.
@@ -12,9 +12,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,8 +21,9 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import TinyLLMError
 from .config import DataConfig, FieldMapping
+from .data_fields import DataError  # noqa: F401 - re-exported, the one import path for readers' errors
+from .data_fields import answer_index, choices_of, has_path, labels_of, lookup, question_of, text
 from .schemas import PROBLEM_SCHEMA, conform
 
 DEMO_SPLITS = ("train", "valid")
@@ -34,13 +34,8 @@ TEMPLATE_WORDS = (
     "Question:", "Options:", "Answer:", "Rationale:", "Let's think step by step.", "Answer Choices:",
     "predict: ", "explain: ", "rationale: ", "(a)", "(b)", "(c)", "(d)", "(e)", "Thus, the answer is",
 )
-_LETTER = re.compile(r"\(?([A-Za-z])\)?")
 
 Row = tuple[str, Any]  # (where in the file, e.g. "line 3", the parsed record)
-
-
-class DataError(TinyLLMError, ValueError):
-    """Input data is malformed; the message names the file, the row and what to do about it."""
 
 
 # ---------------------------------------------------------------- public API
@@ -62,6 +57,13 @@ def load_problems(config: DataConfig, split: str) -> pa.Table:
         file = tinyllm_file(Path(config.path), split)
         dataset = config.dataset if config.dataset != "demo" else Path(config.path).name
         return _build(json_rows(_read_text(file), str(file)), str(file), dataset, split, FieldMapping(), False, limit)
+    if config.format == "hf":
+        from .data_hf import describe, hf_rows, split_of
+
+        where = f"{describe(config)} [{split}]"
+        dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
+        return _build(hf_rows(split_of(config, split), limit), where, dataset, split, config.fields,
+                      config.answer_is_index, limit)
     file = _split_file(Path(config.path.replace("{split}", split)), split, config.format)
     dataset = config.dataset if config.dataset != "demo" else _default_name(Path(config.path))
     return _build(read_records(file, config.format), str(file), dataset, split, config.fields, config.answer_is_index,
@@ -241,25 +243,22 @@ def _build(rows: Iterable[Row], file: str, dataset: str, split: str, fields: Fie
 
         if not isinstance(record, dict):
             fail(f"expected an object, got {type(record).__name__}", "each row must be one record")
-        question = _text(record.get(fields.question))
-        if not question:
-            fail(f"field {fields.question!r} is missing or empty",
-                 f"give every row a question or map the column with data.fields.question (row keys: {sorted(record)})")
-        choices = _choices(record.get(fields.choices), fields.choices, fail, sorted(record))
-        index = _answer_index(record.get(fields.answer), choices, fields.answer, answer_is_index, fail)
+        question = question_of(record, fields, fail)
+        choices = choices_of(record, fields, fail)
+        index = answer_index(record, fields, choices, labels_of(record, fields, choices, fail), answer_is_index, fail)
         if len(set(choices)) != len(choices):
             if choices.count(choices[index]) > 1:
                 fail(f"the answer {choices[index]!r} appears more than once in {choices}", "make every option distinct")
             repeated_options.append(label)
-        raw_id = record.get(fields.id) if fields.id else None
+        raw_id = lookup(record, fields.id) if fields.id else None
         problem_id = f"{dataset}-{split}-{number}" if raw_id in (None, "") else str(raw_id)
         if problem_id in seen_ids:
             fail(f"id {problem_id!r} repeats {seen_ids[problem_id]}", "ids must be unique within a split")
         seen_ids[problem_id] = label
         context = None
         if fields.context:
-            context_found = context_found or fields.context in record
-            context = _text(record.get(fields.context)) or None
+            context_found = context_found or has_path(record, fields.context)
+            context = text(lookup(record, fields.context)) or None
         for name, value in (("id", problem_id), ("dataset", dataset), ("split", split), ("question", question),
                             ("choices", choices), ("answer_index", index), ("answer", choices[index]),
                             ("context", context)):
@@ -284,50 +283,3 @@ def _batch(columns: dict[str, list[Any]], file: str) -> pa.RecordBatch:
     for values in columns.values():
         values.clear()
     return table.combine_chunks().to_batches()[0]
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else "" if value is None else str(value).strip()
-
-
-def _choices(raw: Any, column: str, fail: Callable[..., NoReturn], keys: list[str]) -> list[str]:
-    """A list, or (from CSV) a JSON list string or a "|"-separated string."""
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.startswith("["):
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError:
-                fail(f"field {column!r} looks like a JSON list but does not parse: {text[:80]!r}",
-                     'write it as ["option a", "option b"] or as "option a|option b"')
-        else:
-            raw = text.split("|") if text else []
-    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
-        fail(f"field {column!r} is missing or has fewer than 2 options ({raw!r})",
-             f"give every row at least two options or map the column with data.fields.choices (row keys: {keys})")
-    choices = [_text(c) for c in raw]
-    if not all(choices):
-        fail(f"option {choices.index('') + 1} of {column!r} is empty ({choices})", "every option needs text")
-    return choices
-
-
-def _answer_index(raw: Any, choices: list[str], column: str, is_index: bool, fail: Callable[..., NoReturn]) -> int:
-    """Option text, else a letter such as "b" or "(b)"; or a 0-based index when ``data.answer_is_index``."""
-    text = _text(raw)
-    if not text:
-        fail(f"field {column!r} is missing or empty", "give every row its gold answer or map it with data.fields.answer")
-    if is_index:
-        if isinstance(raw, bool) or not re.fullmatch(r"\d+(\.0*)?", text):
-            fail(f"answer {raw!r} is not a 0-based option index", "set data.answer_is_index=false if it holds option text")
-        index = int(float(text))
-        if index >= len(choices):
-            fail(f"answer index {index} is out of range for {len(choices)} options (0-based)",
-                 "use 0..n-1, or set data.answer_is_index=false")
-        return index
-    if text in choices:
-        return choices.index(text)
-    letter = _LETTER.fullmatch(text)
-    if letter and ord(letter.group(1).lower()) - ord("a") < len(choices):
-        return ord(letter.group(1).lower()) - ord("a")
-    fail(f"answer {text!r} is not among the choices {choices}",
-         "use one option's exact text or its letter, or set data.answer_is_index=true for 0-based indices")
