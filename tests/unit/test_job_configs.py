@@ -21,7 +21,9 @@ JOBS = REPO / "jobs"
 CLUSTER = REPO / "cluster"
 PAPER_JOBS = ("obqa", "arc", "piqa", "riddlesense", "pubmedqa", "bioasq")
 PAPER_RATIONALE_JOBS = ("arc_paper_rationales", "obqa_paper_rationales")  # the paper's rationales, imported
-TINYLLM_FORMAT = {"obqa", "arc", "pubmedqa"}
+# The folder of each paper dataset in the TinyLLM repository (datasets/<folder>/), as `tinyllm-ray data fetch` names it.
+REPOSITORY_FOLDER = {"obqa": "obqa", "arc": "arc", "pubmedqa": "pubmedqa", "piqa": "piqa", "riddlesense": "riddle",
+                     "bioasq": "bioasq", "arc_paper_rationales": "arc", "obqa_paper_rationales": "obqa"}
 LOCAL_JOBS = ("arc_fidelity",)  # experiments for the 2-core CPU machine, not cluster jobs
 JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml" and p.stem not in LOCAL_JOBS)
 PAPER_ALPHAS = [0.01, 0.1, 0.5, 1.0, 2.0, 3.0]
@@ -75,10 +77,8 @@ def test_job_config_loads(path):
 def test_paper_job_settings(name):
     config = load_config(str(JOBS / f"{name}.yaml"))
     assert config.data.dataset == name
-    if name in TINYLLM_FORMAT:
-        assert (config.data.format, config.data.path) == ("tinyllm", f"data/tinyllm/{name}")
-    else:
-        assert config.data.format == "jsonl" and "{split}" in config.data.path
+    assert (config.data.format, config.data.path) == ("tinyllm", f"data/tinyllm/{REPOSITORY_FOLDER[name]}"), \
+        "read the repository's own layout, where `tinyllm-ray data fetch` puts it"
     assert config.prompts.num_demos == 2
     assert config.prompts.task_prefix == "predict: "
     assert len(config.teachers) == 2
@@ -116,6 +116,74 @@ def test_paper_job_documents_alpha_search_space_and_t5_caveat(name):
     assert "vLLM 0.32 does not serve encoder-decoder T5" in text
     assert f"tinyllm-ray sweep jobs/{name}.yaml" in text
     assert "no sweep feature" not in text.lower()
+
+
+@pytest.mark.parametrize("name", PAPER_JOBS + PAPER_RATIONALE_JOBS)
+def test_paper_job_header_states_how_to_fetch_and_what_the_dataset_holds(name):
+    from tinyllm_ray.dataset_manifest import DATASETS
+
+    text = (JOBS / f"{name}.yaml").read_text()
+    header = text[:text.index("\nname: ")]
+    spec = DATASETS[REPOSITORY_FOLDER[name]]
+    fetch = f"tinyllm-ray data fetch {spec.name}" + (" --rationales" if name in PAPER_RATIONALE_JOBS else "")
+    assert fetch in header
+    assert f"{spec.options} options" in header
+    if spec.rows:  # pinned counts are stated as the fetch checks them
+        assert " / ".join(str(spec.rows[s]) for s in ("train", "valid", "test")) in header
+    else:
+        assert f"Split sizes: counted by `tinyllm-ray data fetch {spec.name}`" in header
+
+
+def _write_tinyllm_folder(root: Path, folder: str, options: int, context_words: int) -> Path:
+    """A small dataset folder in the TinyLLM repository's layout: problems and llm/ rationales for every split."""
+    target = root / folder
+    (target / "llm").mkdir(parents=True)
+    choices = [f"option {chr(97 + i)}" for i in range(options)]
+    context = " ".join(["context"] * context_words)
+    for split, count in (("train", 5), ("valid", 3), ("test", 2)):
+        records = [{"id": f"{folder}-{split}-{i}", "question": f"{context} Which option is right, case {i}?".strip(),
+                    "choices": choices, "answer": choices[i % options]} for i in range(count)]
+        (target / f"{folder}_{split}.json").write_text(json.dumps(records))
+        texts = [f"It fits. Thus, the answer is ({chr(97 + i % options)}) {choices[i % options]} llama rationale: "
+                 f"Because of case {i}." for i in range(count)]
+        (target / "llm" / f"{split}_CoT_0.json").write_text(json.dumps(texts))
+    return target
+
+
+@pytest.mark.parametrize("name", PAPER_JOBS + PAPER_RATIONALE_JOBS)
+def test_paper_job_validates_against_a_folder_in_the_repository_layout(name, tmp_path):
+    """`tinyllm-ray validate` of the job as shipped, data.path (and imported sources) pointed at a fixture folder."""
+    from typer.testing import CliRunner
+
+    from tinyllm_ray.cli import app
+    from tinyllm_ray.data import load_problems
+    from tinyllm_ray.dataset_manifest import DATASETS
+    from tinyllm_ray.rationale_import import read_imported
+
+    spec = DATASETS[REPOSITORY_FOLDER[name]]
+    folder = _write_tinyllm_folder(tmp_path, spec.name, spec.options, 400 if spec.name in {"bioasq", "pubmedqa"} else 0)
+    overrides = [f"data.path={folder}"]
+    config = load_config(str(JOBS / f"{name}.yaml"))
+    overrides += [f"teachers.{t.name}.source.path={folder}" for t in config.teachers if t.kind == "imported"]
+    args = ["validate", str(JOBS / f"{name}.yaml"), *[a for o in overrides for a in ("--set", o)]]
+    # HF_HUB_OFFLINE=0 as the jobs' runtime env sets it: hub ids are then accepted unread (validate downloads nothing)
+    result = CliRunner().invoke(app, args, env={"HF_HUB_OFFLINE": "0"})
+    assert result.exit_code == 0, result.output
+    assert "'train': 5, 'valid': 3" in result.output
+    config = load_config(str(JOBS / f"{name}.yaml"), overrides)
+    train = load_problems(config.data, "train")
+    assert {len(c) for c in train.column("choices").to_pylist()} == {spec.options}
+    for teacher in config.teachers:
+        if teacher.kind == "imported":
+            assert read_imported(teacher.source, train.column("id").to_pylist()).table.num_rows == 5
+
+
+def test_jobs_readme_fetches_before_submitting():
+    readme = (JOBS / "README.md").read_text()
+    for name in PAPER_JOBS:
+        assert f"tinyllm-ray data fetch {REPOSITORY_FOLDER[name]}" in readme
+    for name in PAPER_RATIONALE_JOBS:
+        assert f"tinyllm-ray data fetch {REPOSITORY_FOLDER[name]} --rationales" in readme
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.stem)
