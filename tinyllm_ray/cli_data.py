@@ -26,7 +26,7 @@ def fetch(name: str = typer.Argument(..., help="Dataset folder of the TinyLLM re
     from tinyllm_ray.cli import _fail
     from tinyllm_ray.dataset_manifest import dataset_spec
     from tinyllm_ray.errors import TinyLLMError
-    from tinyllm_ray.fetch import describe, fetch_dataset
+    from tinyllm_ray.fetch import fetch_dataset
 
     try:
         result = fetch_dataset(name, to, rationales=rationales, base_url=base_url, progress=not quiet)
@@ -36,4 +36,4 @@ def fetch(name: str = typer.Argument(..., help="Dataset folder of the TinyLLM re
     extra = f" + {result.rationale_files} rationale files in llm/" if rationales else ""
     state = "already complete, nothing downloaded" if result.already_complete else \
         f"downloaded {len(result.downloaded)} files"
-    typer.echo(f"ok: {result.folder} ({describe(dataset_spec(name))}): problems {rows}{extra}; {state}")
+    typer.echo(f"ok: {result.folder} ({dataset_spec(name).describe()}): problems {rows}{extra}; {state}")

@@ -39,6 +39,9 @@ class DatasetSpec:
     rows: Mapping[str, int] | None  # problems per split, where a copy was counted; None: not pinned here
     note: str = ""
 
+    def describe(self) -> str:
+        return f"{self.name} ({self.title}, {self.options} options{'; ' + self.note if self.note else ''})"
+
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("obqa", "OpenBookQA", 4, {"train": 4957, "valid": 500, "test": 500}, "problem files are JSON Lines"),

@@ -3,7 +3,8 @@
 
 Two units appear atomically, each by one rename of a temporary folder beside it: the dataset folder with its
 problem files (and ``llm/`` when asked for at the same time), and ``llm/`` on its own when it is added to a
-folder fetched earlier. A folder already in place is checked, not downloaded again.
+folder fetched earlier. A folder already in place is checked, not downloaded again. A fetch killed midway leaves
+a hidden ``.<name>.partial-*`` folder, never a half-written dataset folder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset_manifest import (
-    DEFAULT_BASE_URL, RATIONALES_FOLDER, DatasetSpec, FetchError, RemoteFile, count_rows, dataset_spec,
+    DEFAULT_BASE_URL, RATIONALES_FOLDER, FetchError, RemoteFile, count_rows, dataset_spec,
     problem_files, rationale_files, split_of,
 )
 
@@ -69,10 +70,6 @@ def fetch_dataset(name: str, to: Path | str, rationales: bool = False, base_url:
 
     result.downloaded = _build_atomically(target, build)
     return result
-
-
-def describe(spec: DatasetSpec) -> str:
-    return f"{spec.name} ({spec.title}, {spec.options} options{'; ' + spec.note if spec.note else ''})"
 
 
 # ---------------------------------------------------------------- glue
@@ -167,7 +164,7 @@ class _Downloader:
                                                    disable=not self.progress) as bar:
                     for chunk in response.iter_content(CHUNK_BYTES):
                         out.write(chunk)
-                        bar.update(len(chunk))
+                        bar.update(response.raw.tell() - bar.n)  # wire bytes, as Content-Length counts (gzip)
         except requests.RequestException as err:  # refused connection, timeout, body shorter than announced
             raise FetchError(f"{path}: download from {url} failed ({type(err).__name__}: {err}); nothing was "
                              "written") from None
