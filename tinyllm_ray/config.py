@@ -56,7 +56,7 @@ class HFSource(Strict):
     data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
         None, description="Files for load_dataset; a mapping names the splits ({train: a.jsonl, validation: b.jsonl}). "
                           "data.path is then a builder (json, csv, parquet) or the folder they are in.")
-    revision: str | None = Field(None, description="A hub dataset's branch, tag or commit (pin it for reproducible runs).")
+    revision: str | None = Field(None, description="A hub dataset's branch, tag or commit (pin it: reproducible runs).")
     cache_dir: str | None = Field(None, json_schema_extra=OPERATIONAL,
                                   description="Where datasets keeps its Arrow cache (default: HF_DATASETS_CACHE).")
 
@@ -81,7 +81,8 @@ class DataConfig(Strict):
         if self.format != "hf" and self.hf != HFSource():
             raise ValueError(f"data.hf is read only for data.format=hf, not {self.format!r}; remove it")
         if self.answer_is_index and self.fields.labels:
-            raise ValueError("data.fields.labels maps answers given as labels; it cannot be used with data.answer_is_index")
+            raise ValueError("data.fields.labels maps answers given as labels: it cannot be used with "
+                             "data.answer_is_index")
         return self
 
 

@@ -1,10 +1,10 @@
 """Load multiple-choice problems from disk into the canonical ``PROBLEM_SCHEMA`` table. Pure pyarrow; no Ray.
 
 Every source (the embedded demo set, the TinyLLM repository layout, JSON / JSON Lines / Parquet / CSV files, a
-Hugging Face dataset) goes through one row validator and one field mapping (:mod:`tinyllm_ray.data_fields`), so a bad row fails the same way everywhere: a ``DataError`` naming the file,
-the row and what to change. Nothing is dropped silently; the only tolerated oddity is a repeated *wrong*
-option (the real OBQA train split has three), which is kept with a warning because it leaves the gold
-answer unambiguous.
+Hugging Face dataset) goes through one row validator and one field mapping (:mod:`tinyllm_ray.data_fields`), so a
+bad row fails the same way everywhere: a ``DataError`` naming the file, the row and what to change. Nothing is
+dropped silently; the only tolerated oddity is a repeated *wrong* option (the real OBQA train split has three),
+which is kept with a warning because it leaves the gold answer unambiguous.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from .config import DataConfig, FieldMapping
 from .data_fields import DataError  # noqa: F401 - re-exported, the one import path for readers' errors
-from .data_fields import answer_index, choices_of, has_path, labels_of, lookup, question_of, text
+from .data_fields import answer_index, choices_of, field_text, has_path, labels_of, lookup, question_of
 from .schemas import PROBLEM_SCHEMA, conform
 
 DEMO_SPLITS = ("train", "valid")
@@ -250,15 +250,15 @@ def _build(rows: Iterable[Row], file: str, dataset: str, split: str, fields: Fie
             if choices.count(choices[index]) > 1:
                 fail(f"the answer {choices[index]!r} appears more than once in {choices}", "make every option distinct")
             repeated_options.append(label)
-        raw_id = lookup(record, fields.id) if fields.id else None
-        problem_id = f"{dataset}-{split}-{number}" if raw_id in (None, "") else str(raw_id)
+        raw_id = lookup(record, fields.id) if fields.id and field_text(record, fields.id, "id", fail) else None
+        problem_id = f"{dataset}-{split}-{number}" if raw_id in (None, "") else str(raw_id)  # as written, unstripped
         if problem_id in seen_ids:
             fail(f"id {problem_id!r} repeats {seen_ids[problem_id]}", "ids must be unique within a split")
         seen_ids[problem_id] = label
         context = None
         if fields.context:
             context_found = context_found or has_path(record, fields.context)
-            context = text(lookup(record, fields.context)) or None
+            context = field_text(record, fields.context, "context", fail) or None
         for name, value in (("id", problem_id), ("dataset", dataset), ("split", split), ("question", question),
                             ("choices", choices), ("answer_index", index), ("answer", choices[index]),
                             ("context", context)):

@@ -66,11 +66,25 @@ def text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else "" if value is None else str(value).strip()
 
 
+def field_text(record: dict[str, Any], path: str, key: str, fail: Fail) -> str:
+    """The text at ``path`` for ``data.fields.<key>``; a record or list there fails rather than being written out
+    as its Python repr (the default ``question`` on ARC's nested rows would otherwise "work")."""
+    value = lookup(record, path)
+    if isinstance(value, dict):
+        inner = next((k for k, v in value.items() if isinstance(v, str)), next(iter(value), "KEY"))
+        fail(f"field {path!r} holds a record with keys {sorted(value)}, not text",
+             f"map the text inside it, e.g. data.fields.{key}={path}.{inner}")
+    if isinstance(value, (list, tuple)):
+        fail(f"field {path!r} holds a list ({str(value)[:80]}), not text", f"point data.fields.{key} at a text field")
+    return text(value)
+
+
 def question_of(record: dict[str, Any], fields: FieldMapping, fail: Fail) -> str:
-    question = text(lookup(record, fields.question))
+    question = field_text(record, fields.question, "question", fail)
     if not question:
         fail(f"field {fields.question!r} is missing or empty",
-             f"give every row a question or map the column with data.fields.question ({where_missing(record, fields.question)})")
+             "give every row a question or map the column with data.fields.question "
+             f"({where_missing(record, fields.question)})")
     return question
 
 
@@ -110,7 +124,8 @@ def _spread_choices(record: dict[str, Any], columns: list[str], fail: Fail) -> l
     while choices and not choices[-1]:
         choices.pop()
     if len(choices) < 2:
-        fail(f"fewer than 2 of the option columns {columns} are filled ({choices})", "give every row at least two options")
+        fail(f"fewer than 2 of the option columns {columns} are filled ({choices})",
+             "give every row at least two options")
     if not all(choices):
         fail(f"option column {columns[choices.index('')]!r} is empty before a filled one ({choices})",
              "fill it, or move the options up so the empty ones come last")
@@ -144,7 +159,7 @@ def answer_index(record: dict[str, Any], fields: FieldMapping, choices: list[str
     index when ``data.answer_is_index``."""
     column = fields.answer
     raw = lookup(record, column)
-    answer = text(raw)
+    answer = field_text(record, column, "answer", fail)
     if not answer:
         fail(f"field {column!r} is missing or empty",
              f"give every row its gold answer or map it with data.fields.answer ({where_missing(record, column)})")

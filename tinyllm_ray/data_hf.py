@@ -37,7 +37,7 @@ def load_splits(config: DataConfig) -> dict[str, Any]:
         else:
             loaded = datasets.load_dataset(path, hf.name, data_files=hf.data_files, revision=hf.revision,
                                            cache_dir=hf.cache_dir)
-    except Exception as err:  # noqa: BLE001 - datasets raises many types (OSError, ValueError, its own); all mean "cannot load"
+    except Exception as err:  # noqa: BLE001 - datasets raises many types (OSError, ValueError, its own): "cannot load"
         raise DataError(f"{describe(config)}: datasets could not load it ({type(err).__name__}: {err}); data.path "
                           "must be a local folder, a save_to_disk folder or a hub id this machine can reach "
                           "(data.hf.name picks a configuration, data.hf.data_files the files)") from None

@@ -161,6 +161,15 @@ def test_a_bad_row_names_file_row_and_fix(tmp_path, fmt, case):
     assert re.search(expected, message), message
 
 
+def test_a_record_or_list_where_text_belongs_fails_with_the_path_to_try(tmp_path):
+    # The default mapping on ARC's rows finds a record at 'question': it must not become the question's repr.
+    with pytest.raises(DataError, match=r"line 1: field 'question' holds a record with keys \['choices', 'stem'\], "
+                                        r"not text; map the text inside it, e.g. data\.fields\.question=question\.stem"):
+        load(tmp_path, "jsonl", ARC, {"answer": "answerKey"})
+    with pytest.raises(DataError, match=r"line 2: field 'answerKey' holds a list"):
+        load(tmp_path, "jsonl", [OBQA[0], {**OBQA[1], "answerKey": ["A"]}], OBQA_FIELDS, split="valid")
+
+
 def test_csv_option_columns_name_the_csv_row(tmp_path):
     with pytest.raises(DataError, match=r"train\.csv, row 2 \(line 3\): option column 'B' is empty"):
         load(tmp_path, "csv", [LETTERS[0], {**LETTERS[1], "B": "", "D": "fins"}], LETTER_FIELDS)
