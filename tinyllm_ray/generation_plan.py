@@ -129,8 +129,42 @@ class PassPlan:
         return RunLayout.shard_file(self.out_dir, shard)
 
     def pending(self) -> list[ShardPlan]:
-        """The shards not yet on disk (each is written atomically: a file that exists is complete)."""
-        return [s for s in self.shards if not self.shard_path(s.shard).is_file()]
+        """The shards to write: those not yet on disk (each is written atomically: a file that exists is complete)
+        and those written with failed rows, whose failed rows a rerun asks for again (:func:`kept_rows`)."""
+        return [s for s in self.shards
+                if not self.shard_path(s.shard).is_file() or has_failed_rows(self.shard_path(s.shard))]
+
+
+def has_failed_rows(shard_file: Path) -> bool:
+    """A written shard holds error rows (its footer's stats say so; files without a footer are read)."""
+    import pyarrow.parquet as pq
+
+    stats = read_footer(shard_file).get("stats")
+    if stats is not None:
+        return stats["errors"] > 0
+    if "error" not in pq.read_schema(shard_file).names:
+        return False  # not a rationale shard of this version: collect_shard_stats says what is wrong with it
+    errors = pq.read_table(shard_file, columns=["error"]).column("error")
+    return errors.null_count < len(errors)
+
+
+def kept_rows(shard_file: Path) -> dict[str, dict[str, Any]]:
+    """The rows that succeeded in an earlier write of a shard, by problem id (none for a shard not yet written):
+    a rerun keeps them and asks the teacher for the failed rows only."""
+    if not shard_file.is_file():
+        return {}
+    return {row["id"]: row for row in read_table(shard_file, RATIONALE_SCHEMA).to_pylist() if not row["error"]}
+
+
+def merge_rows(problems: list[dict[str, Any]], kept: dict[str, dict[str, Any]],
+               fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A shard's rows in its problems' order: each kept row, else the next fresh one (fresh rows are the teacher's
+    answers for the problems not kept, in order)."""
+    remaining = iter(fresh)
+    rows = [kept[p["id"]] if p["id"] in kept else next(remaining) for p in problems]
+    if next(remaining, None) is not None:
+        raise GenerationError("the teacher returned more rows than problems were asked")
+    return rows
 
 
 def plan_shards(num_problems: int, shard_size: int) -> list[ShardPlan]:

@@ -44,6 +44,7 @@ def problems(job: JobConfig, stage: str, only: Sequence[str] | None = None,
     """Every reason ``job`` cannot run ``stage``, as messages naming the dotted config key (empty: it can)."""
     from tinyllm_ray.metrics import chosen_sinks
     from tinyllm_ray.models import ModelSourceError, check_model
+    from tinyllm_ray.teachers.openai_api import endpoint_problems
 
     found: list[str] = []
     names = [t.name for t in job.teachers]
@@ -58,6 +59,9 @@ def problems(job: JobConfig, stage: str, only: Sequence[str] | None = None,
         if teacher.kind == "imported":  # its model is a label; what must exist is the source
             if not Path(teacher.source.path).exists():
                 found.append(f"teachers.{name}.source.path: {teacher.source.path} does not exist")
+            continue
+        if teacher.kind == "openai":  # no local model: the endpoint's URL and key must be usable
+            found.extend(endpoint_problems(teacher))
             continue
         models[f"teachers.{name}.model"] = teacher.model
         if teacher.resources.num_gpus_per_actor == 0 and not teacher.engine.kv_cache_memory_bytes:

@@ -109,6 +109,21 @@ def answer_prompt(problem: Mapping[str, Any], demos: Sequence[Mapping[str, Any]]
     return f"{instruction.strip()}\n\n{body}" if instruction.strip() else body
 
 
+def teacher_prompt(problem: Mapping[str, Any], demos: Sequence[Mapping[str, Any]], mode: str,
+                   instruction: str = "") -> str:
+    """A teacher's prompt text for ``mode``: "rationale" (teacher forcing, the gold answer given) or "answer"."""
+    if mode not in ("rationale", "answer"):
+        raise ValueError(f"unknown teacher mode {mode!r}; expected rationale or answer")
+    build = teacher_forcing_prompt if mode == "rationale" else answer_prompt
+    return build(problem, demos, instruction)
+
+
+def chat_messages(text: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """A teacher prompt as chat messages: the optional system prompt, then the prompt as the user's turn."""
+    return [*([{"role": "system", "content": system_prompt}] if system_prompt else []),
+            {"role": "user", "content": text}]
+
+
 def student_input(problem: Mapping[str, Any]) -> str:
     """The student's view of a problem: ``{question}\\nAnswer Choices:\\n(a) ...``."""
     return f"{_question_text(problem)}\nAnswer Choices:\n{format_options(problem['choices'])}"

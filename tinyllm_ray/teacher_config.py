@@ -1,13 +1,15 @@
-"""The ``teachers:`` entries of a job config: one class per kind of teacher (``kind: vllm``, the default, or
-``imported``), and the sampling, engine and resource sections of a vLLM teacher. Pure: imports neither Ray nor torch.
+"""The ``teachers:`` entries of a job config: one class per kind of teacher (``kind: vllm``, the default,
+``imported`` or ``openai``), and the sampling, engine and resource sections of a vLLM teacher. Pure: imports neither
+Ray nor torch.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from tinyllm_ray.config_base import NAME_PATTERN, OPERATIONAL, STUDENT_INPUT, UNLESS_DEFAULT, Strict
 
@@ -149,7 +151,69 @@ class ImportedTeacherConfig(Strict):
                                   description="Problems without a rationale are counted, not failed rows.")
 
 
-TEACHER_KINDS = ("vllm", "imported")
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RequestConfig(Strict):
+    """How an OpenAI-compatible teacher's actors call its endpoint; none of it changes what the rationales say."""
+
+    requests_in_flight: int = Field(8, ge=1, description="Concurrent requests per actor, all its shards together.")
+    timeout_s: float = Field(60.0, gt=0.0, description="Limit for one request, from sending it to its whole answer.")
+    max_retries: int = Field(5, ge=0, description="Retries of a request after a 429, a 5xx, a timeout, a dropped "
+                             "connection or a malformed answer; then the row fails (an error row).")
+    backoff_initial_s: float = Field(1.0, ge=0.0, description="First retry's wait; doubles per retry, with jitter.")
+    backoff_max_s: float = Field(60.0, gt=0.0, description="Longest wait between retries (a Retry-After is honoured "
+                                 "even when longer).")
+    max_requests_per_second: float | None = Field(
+        None, gt=0.0, description="Request rate of the whole teacher, shared evenly by its actors; none: no limit.")
+
+
+class OpenAITeacherConfig(Strict):
+    """A teacher behind an OpenAI-compatible HTTP endpoint (``kind: openai``): a hosted model, or a vLLM / SGLang
+    server a team already runs, called from Ray Data actors; same prompts, rows and manifest as a vLLM teacher."""
+
+    kind: Literal["openai"]
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(description="The model name the endpoint serves (the request's `model`).")
+    base_url: str = Field(json_schema_extra=OPERATIONAL,
+                          description="The API root, e.g. https://api.openai.com/v1 or http://host:8000/v1; where "
+                                      "the model is served, not what it writes (outside the fingerprint).")
+    api: Literal["chat", "completions"] = Field(
+        "chat", description="chat: /chat/completions with system and user messages (the server applies the chat "
+        "template); completions: /completions with the plain prompt, for base models.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", json_schema_extra=OPERATIONAL,
+        description="NAME of the environment variable holding the API key (the key is never written anywhere); "
+                    "null for a server without authentication.")
+    rationale_prefix: str = Field("explain: ", description="Student task prefix for this teacher's rationales.",
+                                  json_schema_extra=STUDENT_INPUT)
+    system_prompt: str | None = Field(None, description="chat only: the system message.")
+    instruction: str = Field("", description="Extra text placed before the demonstrations.")
+    sampling: SamplingConfig = SamplingConfig()
+    extra_body: dict[str, Any] = Field(default_factory=dict,
+                                       description="Other request fields, sent as given (e.g. top_k on vLLM).")
+    request: RequestConfig = Field(RequestConfig(), json_schema_extra=OPERATIONAL)
+    resources: ResourceConfig = Field(ResourceConfig(), json_schema_extra=OPERATIONAL)
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Fail generation when more rows than this fail.",
+                                  json_schema_extra=OPERATIONAL)
+    # The key itself, read from api_key_env by the kind's prepare on the driver: pickled with the config to the
+    # actors, never dumped (a runtime_env variable would be written to Ray's runtime-env agent log).
+    _api_key: str | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _checked(self) -> "OpenAITeacherConfig":
+        # the message never repeats the value: a key pasted here instead of its variable's name stays unprinted
+        if self.api_key_env is not None and not ENV_VAR_NAME.match(self.api_key_env):
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not the "
+                             "key itself")
+        if self.resources.num_gpus_per_actor:
+            raise ValueError("resources.num_gpus_per_actor must be 0: an API teacher's actors only send requests")
+        if self.system_prompt and self.api == "completions":
+            raise ValueError("system_prompt needs api: chat (a completions endpoint takes one plain prompt)")
+        return self
+
+
+TEACHER_KINDS = ("vllm", "imported", "openai")
 
 
 def _teacher_kind(value: Any) -> str:
@@ -157,5 +221,6 @@ def _teacher_kind(value: Any) -> str:
 
 
 # One entry of ``teachers:``; ``kind`` picks the class (vllm when absent).
-AnyTeacher = Annotated[Union[Annotated[TeacherConfig, Tag("vllm")], Annotated[ImportedTeacherConfig, Tag("imported")]],
+AnyTeacher = Annotated[Union[Annotated[TeacherConfig, Tag("vllm")], Annotated[ImportedTeacherConfig, Tag("imported")],
+                             Annotated[OpenAITeacherConfig, Tag("openai")]],
                        Discriminator(_teacher_kind)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tinyllm_ray.config import TeacherConfig
 from tinyllm_ray.teachers import imported as _imported
+from tinyllm_ray.teachers import openai_api as _openai
 from tinyllm_ray.teachers import vllm as _vllm
 from tinyllm_ray.teachers.base import Rationales, Teacher, TeacherKind, placement_args, rationale_row
 
@@ -18,6 +19,7 @@ KINDS: dict[str, TeacherKind] = {
     "vllm": TeacherKind(build=_vllm.VLLMTeacher, remote_args=_vllm.remote_args, prepare=_vllm.prepare),
     "imported": TeacherKind(build=_imported.ImportedTeacher, remote_args=_imported.remote_args,
                             prepare=_imported.prepare, manifest_fields=_imported.manifest_fields, answers=False),
+    "openai": TeacherKind(build=_openai.OpenAITeacher, remote_args=_openai.remote_args, prepare=_openai.prepare),
 }
 DEFAULT_KIND = "vllm"
 

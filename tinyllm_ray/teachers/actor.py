@@ -10,7 +10,9 @@ from typing import Any
 import pyarrow as pa
 
 from tinyllm_ray.config import PromptConfig, TeacherConfig
-from tinyllm_ray.generation_plan import GenerationError, PassPlan, ShardPlan, demos_from_pool, rationale_stats
+from tinyllm_ray.generation_plan import (
+    GenerationError, PassPlan, ShardPlan, demos_from_pool, kept_rows, merge_rows, rationale_stats,
+)
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_rows, write_table
 
 SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds")
@@ -64,11 +66,14 @@ class TeacherActor:
         problems = rows.to_pylist()
         demos = demos_from_pool(self.pool, problems, shard.offset if plan.in_demo_pool else None,
                                 self.demos.num_demos, self.demos.demo_seed, self.demos.demo_sampler)
-        result = self.teacher.rationales(problems, demos, plan.teacher_pass.mode, plan.sampling)
-        if [r["id"] for r in result.rows] != [p["id"] for p in problems]:
+        kept = kept_rows(plan.shard_path(shard.shard))  # a rerun asks again for the failed rows only
+        asked = [i for i, p in enumerate(problems) if p["id"] not in kept]
+        result = self.teacher.rationales([problems[i] for i in asked], [demos[i] for i in asked],
+                                         plan.teacher_pass.mode, plan.sampling)
+        if [r["id"] for r in result.rows] != [problems[i]["id"] for i in asked]:
             raise GenerationError(f"the teacher returned rows for other problems than shard {shard.shard}'s "
                                   "(a teacher must return one row per problem, in order)")
-        table = pa.Table.from_pylist(result.rows, schema=RATIONALE_SCHEMA)
+        table = pa.Table.from_pylist(merge_rows(problems, kept, result.rows), schema=RATIONALE_SCHEMA)
         stats = rationale_stats(table.to_pylist(), {p["id"]: p for p in problems})
         stats["cached_prompt_tokens"] = result.cached_prompt_tokens
         write_table(table, plan.shard_path(shard.shard), footer={"stats": stats, "node": self.node_id})
