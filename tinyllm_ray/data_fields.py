@@ -23,7 +23,10 @@ class DataError(TinyLLMError, ValueError):
 
 
 def lookup(record: dict[str, Any], path: str) -> Any:
-    """The value at ``path`` ("question.stem"), or ``None``; a key spelled with the dots wins (flattened tables)."""
+    """The value at ``path`` ("question.stem"), or ``None``; a key spelled with the dots wins (flattened tables).
+    Through a list of records the rest of the path is taken from each: ARC's original ``question.choices`` is
+    ``[{"text": ..., "label": "A"}, ...]``, so ``question.choices.text`` is the list of option texts. A path into
+    a cell holding JSON text (CSV) goes into the parsed JSON."""
     value = _walk(record, path)
     return None if value is _MISSING else value
 
@@ -32,15 +35,35 @@ def has_path(record: dict[str, Any], path: str) -> bool:
     return _walk(record, path) is not _MISSING
 
 
-def _walk(record: dict[str, Any], path: str) -> Any:
-    if path in record:
-        return record[path]
-    node: Any = record
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return _MISSING
-        node = node[key]
+def _walk(node: Any, path: str) -> Any:
+    """The longest dotted prefix that is a key wins at each level, so a flattened CSV header such as
+    ``question.choices`` (holding JSON) still leads on to ``question.choices.text``."""
+    node = _parsed(node)
+    keys = path.split(".")
+    if isinstance(node, dict):
+        for cut in range(len(keys), 0, -1):
+            head = ".".join(keys[:cut])
+            if head in node:
+                return node[head] if cut == len(keys) else _walk(node[head], ".".join(keys[cut:]))
+        return _MISSING
+    if _is_records(node) and all(keys[0] in item for item in node):
+        items = [item[keys[0]] for item in node]
+        return items if len(keys) == 1 else _walk(items, ".".join(keys[1:])) if _is_records(items) else _MISSING
+    return _MISSING
+
+
+def _parsed(node: Any) -> Any:
+    """A CSV cell with a JSON object or list in it, parsed, so paths reach inside as they do in JSON and Parquet."""
+    if isinstance(node, str) and node.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(node)
+        except json.JSONDecodeError:
+            return node
     return node
+
+
+def _is_records(node: Any) -> bool:
+    return isinstance(node, list) and bool(node) and all(isinstance(item, dict) for item in node)
 
 
 def where_missing(record: dict[str, Any], path: str) -> str:
@@ -50,6 +73,14 @@ def where_missing(record: dict[str, Any], path: str) -> str:
     node: Any = record
     walked: list[str] = []
     for key in path.split("."):
+        node = _parsed(node)
+        if _is_records(node):
+            if not all(key in item for item in node):
+                keys = sorted({k for item in node for k in item})
+                return f"{'.'.join(walked)!r} holds records with keys {keys}; {key!r} is not in every one"
+            walked.append(key)
+            parent, node = node[0], [item[key] for item in node]
+            continue
         if not isinstance(node, dict):
             return f"{'.'.join(walked)!r} holds a {type(node).__name__}, not a record"
         if key not in node:

@@ -51,7 +51,14 @@ EXPECTED = {
     "letters": (["What melts ice?", "What do fish use to breathe?"],
                 [["heat", "cold", "dark", "wind"], ["lungs", "gills", "skin"]], [0, 1]),
 }
-SHAPES = {"arc": (ARC, ARC_FIELDS), "obqa": (OBQA, OBQA_FIELDS), "letters": (LETTERS, LETTER_FIELDS)}
+# ARC's original JSON Lines (before the hub's conversion): the options are a list of records.
+ARC_ORIGINAL = [{**r, "question": {"stem": r["question"]["stem"],
+                                   "choices": [{"text": t, "label": la} for t, la in zip(r["question"]["choices"]["text"],
+                                                                                        r["question"]["choices"]["label"])]}}
+                for r in ARC]
+EXPECTED["arc_original"] = EXPECTED["arc"]
+SHAPES = {"arc": (ARC, ARC_FIELDS), "arc_original": (ARC_ORIGINAL, ARC_FIELDS), "obqa": (OBQA, OBQA_FIELDS),
+          "letters": (LETTERS, LETTER_FIELDS)}
 
 
 def flatten(record: dict, prefix: str = "") -> dict:
@@ -95,6 +102,11 @@ def test_lookup_follows_dots_and_prefers_a_dotted_column_name():
     assert where_missing(record, "question.text") == "'question' has ['stem']"
     assert where_missing(record, "question.stem.x") == "'question.stem' holds a str, not a record"
     assert where_missing(record, "prompt") == "row keys: ['a', 'a.b', 'question']"
+    options = {"choices": [{"text": "heat", "label": "A"}, {"text": "cold", "label": "B"}]}
+    assert lookup(options, "choices.text") == ["heat", "cold"] and lookup(options, "choices.label") == ["A", "B"]
+    assert where_missing(options, "choices.name") == "'choices' holds records with keys ['label', 'text']; " \
+                                                    "'name' is not in every one"
+    assert where_missing(options, "choices.text.x") == "'choices.text' holds a list, not a record"
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv"])
