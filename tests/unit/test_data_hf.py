@@ -92,3 +92,15 @@ def test_a_hub_id_offline_fails_with_what_to_do(tmp_path):
     config = hf_config("allenai/openbookqa", tmp_path, hf={"name": "main"})
     with pytest.raises(DataError, match=r"allenai/openbookqa \(main\): datasets could not load it .*hub id"):
         load_problems(config, "train")
+
+
+def test_what_selects_the_data_counts_in_the_problems_fingerprint_and_the_cache_does_not():
+    from tinyllm_ray.config import fingerprint_view
+
+    base = DataConfig(format="hf", path="allenai/ai2_arc", hf={"name": "ARC-Easy"})
+    assert fingerprint_view(base)["hf"] == {"name": "ARC-Easy", "data_files": None, "revision": None}
+    moved_cache = base.model_copy(update={"hf": base.hf.model_copy(update={"cache_dir": "/scratch/hf"})})
+    assert fingerprint_view(moved_cache) == fingerprint_view(base)
+    other_config = DataConfig(format="hf", path="allenai/ai2_arc", hf={"name": "ARC-Challenge"})
+    assert fingerprint_view(other_config) != fingerprint_view(base)
+    assert "hf" not in fingerprint_view(DataConfig(format="hf", path="allenai/ai2_arc"))  # older configs keep theirs
