@@ -63,30 +63,47 @@ def _run_stage(stage, name: str, config: str, overrides, output_dir, checks: dic
         _fail(err)
 
 
+def _with_job(stage):
+    """The stage, also returning its job: the closing summary needs the run's layout."""
+    return lambda job, **kwargs: (job, stage(job, **kwargs))
+
+
+def _write_page(root: str) -> Optional[Path]:
+    """report.html at the end of `run` and `sweep`; a failure to draw it only warns, the run's artifacts stand."""
+    from tinyllm_ray.report import write_report
+
+    try:
+        return write_report(root)
+    except Exception as err:  # noqa: BLE001 - `tinyllm-ray report` retries it from the same artifacts
+        typer.secho(f"warning: report.html not written ({type(err).__name__}: {err}); "
+                    f"retry with `tinyllm-ray report {root}`", fg=typer.colors.YELLOW, err=True)
+        return None
+
+
 @app.command()
 def generate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
              force: bool = ForceOpt,
              teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t", help="Only these teachers.")):
     """Write each teacher's rationales for the train split (reuses teachers whose config is unchanged)."""
+    from tinyllm_ray.closing import generate_summary
     from tinyllm_ray.generate import generate as run
+    from tinyllm_ray.layout import RunLayout
 
-    manifests = _run_stage(run, "generate", config, overrides, output_dir, checks={"only": teacher},
-                           force=force, only=teacher)
-    for name, manifest in manifests.items():
-        counts = manifest["counts"]
-        typer.echo(f"{name}: {counts['rows']} rationales, {counts['errors']} errors, "
-                   f"{counts['generated_tokens']} tokens")
+    job, manifests = _run_stage(_with_job(run), "generate", config, overrides, output_dir,
+                                checks={"only": teacher}, force=force, only=teacher)
+    typer.echo(generate_summary(RunLayout.of(job.output_dir), manifests, config))
 
 
 @app.command()
 def train(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
           force: bool = ForceOpt):
     """Distil the student from the rationales with Ray Train + DeepSpeed; export it in HF format."""
+    from tinyllm_ray.closing import train_summary
+    from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.train import train as run
 
-    manifest = _run_stage(run, "train", config, overrides, output_dir, force=force)
-    typer.echo(f"student: {manifest.get('optimizer_steps')} steps -> {Path(manifest.get('model_path', '')).name} "
-               f"distilled from {manifest['teachers']}")
+    job, manifest = _run_stage(_with_job(run), "train", config, overrides, output_dir, force=force)
+    typer.echo(train_summary(RunLayout.of(job.output_dir), manifest, config))
 
 
 @app.command()
@@ -94,20 +111,22 @@ def evaluate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
              teachers: Optional[bool] = typer.Option(None, "--teachers/--no-teachers",
                                                      help="Also measure teachers (default: evaluation.teachers).")):
     """Accuracy of the student (and teachers) on the held-out split; writes a JSON report and a table."""
+    from tinyllm_ray.closing import evaluate_summary
     from tinyllm_ray.evaluate import evaluate as run
-    from tinyllm_ray.evaluate import render_table
+    from tinyllm_ray.layout import RunLayout
 
-    report = _run_stage(run, "evaluate", config, overrides, output_dir, checks={"teachers": teachers},
-                        teachers=teachers)
-    typer.echo(render_table(report))
+    job, report = _run_stage(_with_job(run), "evaluate", config, overrides, output_dir,
+                             checks={"teachers": teachers}, teachers=teachers)
+    typer.echo(evaluate_summary(RunLayout.of(job.output_dir), report, config))
 
 
 @app.command()
 def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
         force: bool = ForceOpt):
-    """All stages: generate -> train -> evaluate. Finished stages with unchanged config are reused."""
+    """All stages: generate -> train -> evaluate -> report.html; finished stages with unchanged config are reused."""
+    from tinyllm_ray.closing import run_summary
     from tinyllm_ray.evaluate import evaluate as run_evaluate
-    from tinyllm_ray.evaluate import render_table
+    from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.generate import generate as run_generate
     from tinyllm_ray.train import train as run_train
 
@@ -117,8 +136,8 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
         run_train(job, force=force)
         return run_evaluate(job)
 
-    report = _run_stage(all_stages, "run", config, overrides, output_dir, force=force)
-    typer.echo(render_table(report))
+    job, report = _run_stage(_with_job(all_stages), "run", config, overrides, output_dir, force=force)
+    typer.echo(run_summary(RunLayout.of(job.output_dir), report, config, _write_page(job.output_dir)))
 
 
 @app.command()
@@ -127,17 +146,19 @@ def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, outp
           max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
                                                        help="Shortcut for --set sweep.max_concurrent_trials=N.")):
     """Train and evaluate every setting of the `sweep` config section (alpha, teacher subsets, students, data
-    fractions, baselines) with Ray Tune over the cached rationales; write one results table and plot.
+    fractions, baselines) with Ray Tune over the cached rationales; write one results table and plot, then
+    report.html.
 
     Exit code 1 when some trial failed (its error is in the table), 2 on bad input."""
-    from tinyllm_ray.sweep import render_markdown
+    from tinyllm_ray.closing import sweep_summary
+    from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.sweep import run_sweep as run
 
     overrides = list(overrides or [])
     if max_concurrent is not None:
         overrides.append(f"sweep.max_concurrent_trials={max_concurrent}")
-    results = _run_stage(run, "sweep", config, overrides, output_dir, force=force)
-    typer.echo(render_markdown(results["trials"], results["title"]))
+    job, results = _run_stage(_with_job(run), "sweep", config, overrides, output_dir, force=force)
+    typer.echo(sweep_summary(RunLayout.of(job.output_dir), results, _write_page(job.output_dir)))
     if results["failed"]:
         typer.secho(f"{len(results['failed'])} trial(s) failed: {', '.join(results['failed'])}",
                     fg=typer.colors.RED, err=True)
@@ -171,9 +192,12 @@ def validate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
 @app.command()
 def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifact folder inside it."),
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Summarise artifacts: completeness, row counts, errors, per-teacher token and quality stats."""
+    """Summarise artifacts as tables: completeness, row counts, errors, per-teacher token and quality stats."""
+    from rich.console import Console
+
     from tinyllm_ray.errors import TinyLLMError
     from tinyllm_ray.summary import summarize
+    from tinyllm_ray.summary_table import summary_tables
 
     try:
         summary = summarize(path)
@@ -182,8 +206,26 @@ def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifac
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    for name, info in summary.items():
-        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    console = Console()
+    for table in summary_tables(summary):
+        console.print(table)
+
+
+@app.command(help="Write RUN_DIR/report.html for a run or a sweep: charts, accuracy, teachers, example rationales."
+             "\n\nOne self-contained page (charts embedded; opens from disk, no network): training loss per task, "
+             "each teacher's rationale lengths, quality flags, agreement with the gold answer, tokens and time; "
+             "accuracy of the student and teachers with 95% intervals; a sweep's trials; example rationales side "
+             "by side.")
+def report(path: Path = typer.Argument(..., metavar="RUN_DIR",
+                                       help="An output_dir of `run` or `sweep` (also one still running).")):
+    from tinyllm_ray.errors import TinyLLMError
+    from tinyllm_ray.report import write_report
+
+    try:
+        page = write_report(path)
+    except TinyLLMError as err:
+        _fail(err)
+    typer.echo(f"report: {page}\nopen it in a browser: file://{page}")
 
 
 @app.command()

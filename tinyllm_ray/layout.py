@@ -88,6 +88,11 @@ class RunLayout:
         return self.work / "metrics"
 
     @property
+    def report_html(self) -> Path:
+        """`tinyllm-ray report`'s page for the run or sweep at the root (charts embedded)."""
+        return self.root / "report.html"
+
+    @property
     def sweep(self) -> Path:
         return self.root / "sweep"
 
