@@ -131,6 +131,9 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
     from tinyllm_ray.train import train as run_train
 
     def all_stages(job, force):
+        from tinyllm_ray.cluster_state import require_job_fit
+
+        require_job_fit(job, job.teachers, training=True)  # before generating: training's fit is known already
         # the teachers' answers for the evaluation come from the same engines as their rationales
         run_generate(job, force=force, teacher_answers=job.evaluation.teachers)
         run_train(job, force=force)

@@ -104,6 +104,8 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
     import ray
 
+    from tinyllm_ray.cluster_fit import evaluation_request
+    from tinyllm_ray.cluster_state import require_fit
     from tinyllm_ray.generate import answer_pass, run_teachers
     from tinyllm_ray.problems import load_frozen_problems
     from tinyllm_ray.runtime import connect
@@ -117,6 +119,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     problems = problems_table.to_pylist()
     methods = methods_of(config.evaluation.method)
     connect(config)
+    require_fit([evaluation_request(config.training)])
     start = time.time()
     num_gpus = 1 if config.training.use_gpu else 0
     # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU; scheduled on

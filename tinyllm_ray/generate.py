@@ -54,6 +54,8 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     each teacher's passes through one pool); return each pass's manifests by teacher name."""
     import ray
 
+    from tinyllm_ray.cluster_state import require_fit, teacher_requests
+
     problems_fingerprint = (read_manifest(layout.problems) or {}).get("fingerprint", "")
     manifests: list[dict[str, dict[str, Any]]] = [{} for _ in passes]
     pending: dict[str, dict[int, str]] = {}  # teacher name -> {pass index: fingerprint} of the passes to write
@@ -72,6 +74,7 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     if not pending:
         return manifests
     by_name = {t.name: t for t in teachers}
+    require_fit(teacher_requests(by_name[name] for name in pending))  # before anything starts: no silent wait
     # Prepared here, one after another, before any pool starts: builtin models are built on first use, and threads
     # racing on first-time imports break them.
     model_paths = {name: kind_of(by_name[name]).prepare(by_name[name], layout) for name in pending}

@@ -259,6 +259,7 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     import ray
     from ray import tune
 
+    from tinyllm_ray.cluster_state import require_job_fit
     from tinyllm_ray.generate import generate
     from tinyllm_ray.models import resolve_model
 
@@ -274,7 +275,10 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     for student in dict.fromkeys(t.student for t in trials):
         resolve_model(student)  # fail before generating on a bad student; build builtins once, not in every trial
     (layout.sweep / MANIFEST).unlink(missing_ok=True)
-    generate(config, force=force, only=teachers_needed(config, trials))
+    needed = teachers_needed(config, trials)
+    # every trial trains with the job's resources: a misfit stops here, not in each trial after the generation
+    require_job_fit(config, [t for t in config.teachers if t.name in needed], training=True)
+    generate(config, force=force, only=needed)
     concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training)
     log.info("sweep: %d trials, up to %d at once", len(trials), concurrency)
 
