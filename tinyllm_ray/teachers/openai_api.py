@@ -245,7 +245,7 @@ class OpenAITeacher:
             except (asyncio.TimeoutError, httpx.TimeoutException):
                 return Failure(f"no complete answer within request.timeout_s={self.timeout_s:g}s from {self.url}",
                                retryable=True)
-            except httpx.TransportError as err:  # refused or dropped connection, a body cut short
+            except httpx.RequestError as err:  # refused or dropped connection, a body cut short or undecodable
                 return Failure(f"{type(err).__name__} from {self.url}: {err}", retryable=True)
         return self._read(response)
 
