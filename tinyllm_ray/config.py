@@ -132,14 +132,17 @@ class TrainingConfig(Strict):
     zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
         "auto", description="DeepSpeed ZeRO stage; auto: 0 with one worker (nothing to shard), 2 with more.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Weights, gradients and activations (DeepSpeed bf16 / fp16 keep fp32 master weights).")
+        "fp32", description="Weights, gradients and activations (DeepSpeed bf16 / fp16 keep fp32 master weights). "
+                            "T5 (FLAN-T5) students: bf16 or fp32; DeepSpeed's fp16 casts every parameter and T5 "
+                            "overflows in fp16 (a warning says so).")
     autocast: Literal["off", "bf16"] = Field(
         "off", json_schema_extra=UNLESS_DEFAULT, description="bf16: mixed precision with fp32 weights and optimizer: the forward and backward matmuls "
                            "run in bf16 under torch.autocast (DeepSpeed torch_autocast); needs dtype fp32. Fast on "
                            "CPUs with AVX512-BF16 or AMX and on GPUs.")
     micro_batch_size: int = Field(4, ge=1, description="Problems per worker per step (each expands to 1+M sequences).")
     length_groups: int = Field(2, ge=1, le=8, json_schema_extra=OPERATIONAL, description="Forward passes per micro-batch, its sequences grouped by "
-                               "length so short answers are not padded to rationale length (1: one padded batch).")
+                               "length so short answers are not padded to rationale length (1: one padded batch). ZeRO-3 "
+                               "trains 1 (its parameter prefetch needs the same passes every step).")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -155,6 +158,10 @@ class TrainingConfig(Strict):
     checkpoint_every_steps: int | None = Field(
         50, ge=1, json_schema_extra=OPERATIONAL, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
     max_failures: int = Field(2, ge=-1, json_schema_extra=OPERATIONAL, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")
+    keep_checkpoints: bool = Field(
+        False, json_schema_extra=OPERATIONAL,
+        description="Keep the run's Ray Train checkpoints (<output_dir>/ray_train/<run>: the final export and the "
+                    "last DeepSpeed state) after the student is written; by default they are deleted then.")
     rationale_filter: RationaleFilter = RationaleFilter()
 
     @property

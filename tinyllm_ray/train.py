@@ -2,18 +2,20 @@
 
 ``train(config)`` plans the run (:mod:`tinyllm_ray.train_plan`), gives every worker one
 :class:`~tinyllm_ray.train_plan.WorkerSpec` and the loop to run with it (default
-:func:`tinyllm_ray.train_worker.default_loop`: setup -> fit -> export), and copies the run's final export into the
-student folder, manifest last.
+:func:`tinyllm_ray.train_worker.default_loop`: setup -> fit -> export), and moves the run's final export into the
+student folder, manifest last; then it deletes the run's Ray Train storage (``runs/<job>/ray_train/<run>``: nothing
+is left to resume) unless ``training.keep_checkpoints`` keeps it (the export is then copied).
 
 A failed worker group restarts from its latest checkpoint (``training.max_failures``; :mod:`tinyllm_ray.train_worker`).
 When the driver itself dies, re-running with unchanged settings reuses the same ``RunConfig(name, storage_path)`` (the
 name carries the student fingerprint): Train V2 restores that run's checkpoints from storage, so training resumes from
 the latest one, or finishes at once when the final export had been registered. ``--force`` deletes that run's storage
-and trains from scratch.
+and trains from scratch. Checkpoints are written straight into that storage (:mod:`tinyllm_ray.checkpoint_storage`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -51,6 +53,9 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from tinyllm_ray.checkpoint_storage import take_export
+    from tinyllm_ray.cluster_fit import training_request, worker_resources
+    from tinyllm_ray.cluster_state import require_fit
     from tinyllm_ray.deepspeed_config import slow_setting_warnings
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.problems import load_frozen_problems
@@ -85,9 +90,8 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     spec = worker_spec(config, layout, model_path, seq2seq, table.num_rows)
 
     connect(config)
-    resources = {"CPU": training.cpus_per_worker, **training.custom_resources_per_worker}
-    if training.use_gpu:
-        resources["GPU"] = 1
+    require_fit([training_request(training)])  # a placement group no node can hold would wait forever
+    resources = worker_resources(training)
     run_name = f"{config.name}-{fingerprint}"
     if force and (layout.train_storage / run_name).exists():
         # Same settings, but a retrain was asked for: Train V2 would otherwise resume (or reuse) the stored run.
@@ -109,7 +113,9 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),
                              failure_config=FailureConfig(max_failures=training.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # resuming needs the latest registered checkpoint only (registered once every rank
+                             # reported it); kept runs also keep the last DeepSpeed state beside the final export
+                             checkpoint_config=CheckpointConfig(num_to_keep=2 if training.keep_checkpoints else 1),
                              # DeveloperAPI in Ray 2.60; merged with the job's runtime env
                              worker_runtime_env={"env_vars": worker_env}),
     )
@@ -119,13 +125,12 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         raise TrainingError(f"training failed: {result.error}")
     checkpoint, metrics = final_export(result)
     staging = layout.root / f".student.staging-{uuid.uuid4().hex[:8]}"
-    with checkpoint.as_directory() as folder:
-        shutil.copytree(folder, staging)
+    take_export(checkpoint, staging, keep=training.keep_checkpoints)
     if layout.student.exists():
         shutil.rmtree(layout.student)
     staging.rename(layout.student)
     final = read_state(layout.student) or {}
-    return write_manifest(
+    manifest = write_manifest(
         layout.student, fingerprint=fingerprint, model=config.student.model, model_path=model_path, seq2seq=seq2seq,
         teachers=[t.name for t in teachers], alpha={t.name: config.alpha_for(t.name) for t in teachers},
         rationales=rationale_counts, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
@@ -134,6 +139,11 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         worker_allocator=metrics.get("worker_allocator"), deepspeed=spec.deepspeed,
         # rank 0's loss every training.log_every_steps steps, as its progress lines print them
         losses=final.get("loss_log", []))
+    if not training.keep_checkpoints:  # the student is complete: nothing is left to resume
+        shutil.rmtree(layout.train_storage / run_name, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only while empty: no other run's storage goes with it
+            layout.train_storage.rmdir()
+    return manifest
 
 
 def _run_loop(config: dict[str, Any]) -> None:

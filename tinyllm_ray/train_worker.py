@@ -4,11 +4,12 @@
   the checkpoint Ray Train hands this attempt (``ray.train.get_checkpoint()``: the run's latest registered one).
 * :func:`fit` is the project's only training loop. Every ``checkpoint_every_steps`` optimiser steps every rank writes
   its part of the engine state (rank 0 the module and scheduler, each rank its ZeRO optimiser and, for ZeRO-3,
-  parameter shard, and its random state) into its own temp folder and reports it under one folder name; Train V2
-  merges every rank's files into ONE checkpoint, registered once all ranks reported, so every shard is persisted
-  (across nodes too, given storage every node sees). A failed worker group restarts (``FailureConfig``) and the new
-  workers resume: same shard order in every attempt (seeded permutation in the driver, ``preserve_order`` ingest),
-  so they skip exactly the micro-batches already trained on and the run takes exactly the planned steps.
+  parameter shard, and its random state) into the checkpoint's folder in the run's storage and reports it under one
+  folder name (:mod:`tinyllm_ray.checkpoint_storage`); Train V2 registers that ONE checkpoint once all ranks
+  reported, so every shard is persisted (across nodes too, given storage every node sees). A failed worker group
+  restarts (``FailureConfig``) and the new workers resume: same shard order in every attempt (seeded permutation in
+  the driver, ``preserve_order`` ingest), so they skip exactly the micro-batches already trained on and the run
+  takes exactly the planned steps.
 * :func:`export` reports rank 0's plain HF folder with ``final=True``: the run's result.
 
 ``ray.train.report`` is a barrier across ranks, so it is called only with a checkpoint or the export; per-step metrics
@@ -20,7 +21,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -162,8 +162,9 @@ def fit(state: WorkerState, on_step: Callable[[StepRecord], None] | None = None)
 
 
 def export(state: WorkerState) -> None:
-    """Gather full weights (ZeRO-3 shards them) and report rank 0's plain HF folder as the run's final checkpoint."""
-    import ray.train
+    """Gather full weights (ZeRO-3 shards them) and report rank 0's plain HF folder as the run's final checkpoint,
+    written where the run's storage keeps it (:mod:`tinyllm_ray.checkpoint_storage`)."""
+    from tinyllm_ray.checkpoint_storage import checkpoint_folder, report_checkpoint
 
     engine, rank = state.engine, state.rank
     progress = state.progress()
@@ -171,14 +172,15 @@ def export(state: WorkerState) -> None:
         weights = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank must call it
     else:
         weights = engine.module.state_dict() if rank == 0 else None
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            engine.module.save_pretrained(folder, state_dict=weights)
-            state.tokenizer.save_pretrained(folder)
-            write_state(folder, final_state(progress, state.loss_log))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({**progress.as_dict(), "final": True}, checkpoint=checkpoint)
+    metrics, name = {**progress.as_dict(), "final": True}, f"final_{progress.step:08d}"
+    if rank != 0:
+        report_checkpoint(metrics, name)
+        return
+    with checkpoint_folder(name) as (folder, mode):
+        engine.module.save_pretrained(folder, state_dict=weights)
+        state.tokenizer.save_pretrained(folder)
+        write_state(folder, final_state(progress, state.loss_log))
+        report_checkpoint(metrics, name, folder, mode)
 
 
 # ---------------------------------------------------------------- one step
@@ -285,19 +287,20 @@ def _restore(state: WorkerState, resume: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(state: WorkerState, metrics: dict[str, Any]) -> None:
-    """Every rank saves its part of the engine state and its random state into its own folder; Ray merges them."""
-    import ray.train
+    """Every rank saves its part of the engine state and its random state into the checkpoint's one folder."""
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="tinyllm-ckpt-") as folder:
+    from tinyllm_ray.checkpoint_storage import checkpoint_folder, report_checkpoint
+
+    name = f"step_{state.step:08d}"
+    with checkpoint_folder(name) as (folder, mode):
         torch.save({"cpu": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   Path(folder) / rng_file(state.rank))
-        state.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)  # collective: every rank must call it
+                   folder / rng_file(state.rank))
+        state.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)  # collective: every rank must call it
         if state.rank == 0:
             write_state(folder, checkpoint_state(state.progress(), state.loss_log))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"step_{state.step:08d}")
+        report_checkpoint(metrics, name, folder, mode)
 
 
 # ---------------------------------------------------------------- the engine and its surroundings

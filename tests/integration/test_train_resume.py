@@ -100,16 +100,35 @@ def _copy_inputs(rationales: Path, out: Path) -> None:
         shutil.copytree(rationales / part, out / part)
 
 
-def recording_loop(records_dir: str):
+def recording_loop(records_dir: str, output_dir: str):
     """The default loop spelled out with the public worker API (what a benchmark passes as ``train(loop=...)``),
-    writing every rank's step records to ``records_dir``. A closure: cloudpickle ships it by value to the workers."""
+    writing every rank's step records to ``records_dir``, and every folder and file it creates in the temp folder
+    outside ``output_dir`` (Python's audit events: ``tempfile.mkdtemp``, ``os.mkdir``, ``open`` for writing) to
+    ``rank<r>_tmp.json``. A closure: cloudpickle ships it by value to the workers."""
 
     def loop(spec):
         import dataclasses
         import json as _json
+        import os as _os
+        import sys as _sys
+        import tempfile as _tempfile
 
         from tinyllm_ray import train_worker
 
+        temp, outside = _os.path.realpath(_tempfile.gettempdir()), _os.path.realpath(output_dir)
+        created = []
+
+        def audit(event, args):
+            if event not in ("tempfile.mkdtemp", "os.mkdir", "open") or not isinstance(args[0], (str, Path)):
+                return
+            if event == "open" and not (any(c in (args[1] or "") for c in "wax+")
+                                        or (args[2] or 0) & (_os.O_WRONLY | _os.O_RDWR | _os.O_CREAT)):
+                return
+            path = _os.path.realpath(str(args[0]))
+            if path.startswith(temp + _os.sep) and not path.startswith(outside + _os.sep):
+                created.append(path)
+
+        _sys.addaudithook(audit)
         state = train_worker.setup(spec)
         if state is None:
             return
@@ -117,6 +136,7 @@ def recording_loop(records_dir: str):
         train_worker.fit(state, on_step=records.append)
         Path(records_dir, f"rank{state.rank}.json").write_text(_json.dumps([dataclasses.asdict(r) for r in records]))
         train_worker.export(state)
+        Path(records_dir, f"rank{state.rank}_tmp.json").write_text(_json.dumps(created))
 
     return loop
 
@@ -124,29 +144,29 @@ def recording_loop(records_dir: str):
 @pytest.fixture(scope="module")
 def uninterrupted(rationales: Path, tmp_path_factory):
     """The same training run, not interrupted, per ZeRO stage (trained on first use), through ``train(loop=...)``:
-    ``uninterrupted(stage)`` is (its student manifest, every rank's step records in rank order)."""
+    ``uninterrupted(stage)`` is (its student manifest, every rank's step records in rank order, its output_dir)."""
     from tinyllm_ray.config import load_config
     from tinyllm_ray.train import train
 
-    runs: dict[int, tuple[dict, list[list[dict]]]] = {}
+    runs: dict[int, tuple[dict, list[list[dict]], Path]] = {}
 
-    def run(stage: int) -> tuple[dict, list[list[dict]]]:
+    def run(stage: int) -> tuple[dict, list[list[dict]], Path]:
         if stage not in runs:
             out = tmp_path_factory.mktemp(f"uninterrupted_zero{stage}")
             _copy_inputs(rationales, out)
             records = out / "records"
             records.mkdir()
             overrides = [a for a in _train_args(out, stage)[4:] if a != "--set"] + [f"output_dir={out}"]
-            train(load_config("tiny", overrides), loop=recording_loop(str(records)))
+            train(load_config("tiny", overrides), loop=recording_loop(str(records), str(out)))
             manifest = read_manifest(out / "student")
-            runs[stage] = manifest, [json.loads((records / f"rank{r}.json").read_text()) for r in range(2)]
+            runs[stage] = manifest, [json.loads((records / f"rank{r}.json").read_text()) for r in range(2)], out
         return runs[stage]
 
     return run
 
 
 def test_first_losses_are_pinned(uninterrupted):
-    manifest, _ = uninterrupted(2)
+    manifest, _, _ = uninterrupted(2)
     losses = manifest["losses"]
     assert [entry["step"] for entry in losses] == list(range(1, TOTAL_STEPS + 1))  # log_every_steps: 1
     first = [(e["loss"], e["task_losses"]["answer"], e["task_losses"]["tiny_a"]) for e in losses[:len(PINNED)]]
@@ -158,7 +178,7 @@ def test_first_losses_are_pinned(uninterrupted):
 
 
 def test_every_rank_reports_every_step_to_on_step(uninterrupted):
-    manifest, ranks = uninterrupted(2)
+    manifest, ranks, _ = uninterrupted(2)
     for records in ranks:
         assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
         assert all(r["tokens"] > 0 and r["seconds"] >= 0 and r["loss"] > 0 for r in records)
@@ -172,6 +192,20 @@ def test_every_rank_reports_every_step_to_on_step(uninterrupted):
     assert [r["loss"] for r in rank0] != [r["loss"] for r in rank1]  # each rank its own shard
 
 
+def test_checkpoints_are_written_once_into_storage_and_deleted_after_the_export(uninterrupted):
+    """Every checkpoint (every EVERY steps, and the export) went straight to the run's storage: no rank created a
+    checkpoint folder or file in its temp folder. Once the student is written the run's storage is gone."""
+    manifest, _, out = uninterrupted(2)
+    for rank in range(2):
+        created = json.loads((out / "records" / f"rank{rank}_tmp.json").read_text())
+        checkpointish = [p for p in created if "tinyllm-ckpt" in p or "/deepspeed" in p
+                         or Path(p).name in {"latest", "tinyllm_train_state.json", "config.json"}]
+        assert checkpointish == [], checkpointish[:5]
+    assert manifest["optimizer_steps"] == TOTAL_STEPS  # checkpoints at steps 2, 4, ... were written
+    assert not (out / "ray_train").exists(), sorted(p.name for p in (out / "ray_train").iterdir())
+    assert (out / "student" / "model.safetensors").is_file() and not list(out.glob(".student.staging-*"))
+
+
 @pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path: Path, stage: int, uninterrupted):
     from transformers import AutoModelForCausalLM
@@ -182,7 +216,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path
     started = time.time()
     killer = WorkerKiller(out / "ray_train")
     killer.start()
-    args = _train_args(out, stage)
+    keep = stage == 3  # ZeRO-3 keeps its checkpoints (training.keep_checkpoints), ZeRO-2 has them deleted
+    args = _train_args(out, stage) + (["--set", "training.keep_checkpoints=true"] if keep else [])
     try:
         result = runner.invoke(app, args)
     finally:
@@ -208,7 +243,10 @@ def test_killed_worker_resumes_from_latest_checkpoint(rationales: Path, tmp_path
         assert got["task_losses"] == pytest.approx(expected["task_losses"], rel=RESUME_TOLERANCE), (got, expected)
     model = AutoModelForCausalLM.from_pretrained(out / "student")
     assert model.config.model_type == "llama"
-    # Ray Train keeps the final export plus the latest DeepSpeed checkpoint, which holds every rank's ZeRO shard.
+    if not keep:  # the student is complete: its run's checkpoints are deleted
+        assert not (out / "ray_train").exists(), sorted(p.name for p in (out / "ray_train").iterdir())
+        return
+    # Kept: Ray Train keeps the final export plus the latest DeepSpeed checkpoint, which holds every rank's ZeRO shard.
     kept = [n for n in _registered_checkpoints(out / "ray_train") if n.startswith("step_")]
     assert kept, "the latest mid-run checkpoint should be kept next to the final export"
     folder = next((out / "ray_train").glob(f"*/{kept[-1]}"))

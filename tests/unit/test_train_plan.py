@@ -91,13 +91,14 @@ def test_operational_settings_do_not_change_what_is_trained():
     base = trained_settings(load_config("tiny").training)
     changed = trained_settings(load_config("tiny", ["training.checkpoint_every_steps=2", "training.max_failures=0",
                                                     "training.log_every_steps=5",
-                                                    "training.allocator=system"]).training)
+                                                    "training.allocator=system",
+                                                    "training.keep_checkpoints=true"]).training)
     assert base == changed
     operational = {name for name, f in TrainingConfig.model_fields.items()
                    if (f.json_schema_extra or {}).get("fingerprint") == "operational"}
     # the allow-list train.py kept before the marks moved next to the config fields
     assert operational == {"log_every_steps", "checkpoint_every_steps", "max_failures", "custom_resources_per_worker",
-                           "placement_strategy", "length_groups", "allocator"}
+                           "placement_strategy", "length_groups", "allocator", "keep_checkpoints"}
     assert not operational & set(base)
 
 
