@@ -237,7 +237,7 @@ def _check_cluster_spec(spec: dict):
     for group in [head, *groups.values()]:
         pod = group["template"]["spec"]
         container = pod["containers"][0]
-        assert container["image"].startswith("rayproject/ray:2.60.0")
+        assert container["image"].startswith("REGISTRY/tinyllm-ray:")  # cluster/Dockerfile's (test_runtime_env.py)
         assert any(m["mountPath"] == "/mnt/shared" for m in container["volumeMounts"])
         assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
         for value in group["rayStartParams"].values():

