@@ -113,7 +113,7 @@ def test_faults_leave_one_row_per_problem_and_a_rerun_asks_for_the_failed_ones_o
             return outcome.removesuffix("-once") if attempt == 0 else "ok"
         return outcome
 
-    request = {**FAST_RETRIES, "timeout_s": 2, "max_retries": 1} if outcome == "hang" else FAST_RETRIES
+    request = {**FAST_RETRIES, "timeout_s": 5, "max_retries": 1} if outcome == "hang" else FAST_RETRIES
     with FaultServer(rule, key=KEY) as server:
         rows = run_teacher(api_teacher(server, request=request), problems, demos)
     failed = [r for r in rows if r["error"]]
