@@ -70,7 +70,8 @@ def length_chart(teachers: Sequence[TeacherStats]) -> bytes:
                     label=f"{teacher.name} (median {sorted(teacher.word_counts)[len(teacher.word_counts) // 2]})")
     ax.set_xlabel("rationale length (words)")
     ax.set_ylabel("rationales")
-    ax.legend(fontsize=8)
+    if any(t.word_counts for t in teachers):  # every row failed: no histogram, no legend
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
 

@@ -17,6 +17,7 @@ from tinyllm_ray.metrics import read_tensorboard_scalars
 from tinyllm_ray.prompts import LETTERS
 from tinyllm_ray.quality import FLAGS, row_flags, words
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table
+from tinyllm_ray.stats import LEVEL, wilson_interval
 
 EXAMPLE_QUESTIONS = 3  # questions shown with every teacher's rationale side by side
 TOTAL_LOSS = "total"  # the weighted objective, beside the per-task losses
@@ -227,7 +228,10 @@ def _curves(layout: RunLayout) -> list[TrainingCurve]:
 
 
 def _without_predictions(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k != "predictions"}
+    """A report entry for the page; reports written before intervals existed get theirs from the counts."""
+    out = {k: v for k, v in entry.items() if k != "predictions"}
+    out.setdefault("interval", list(wilson_interval(entry["correct"], entry["total"], LEVEL)))
+    return out
 
 
 def _job_name(layout: RunLayout) -> str | None:

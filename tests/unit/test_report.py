@@ -147,6 +147,14 @@ def test_gather_reads_accuracy_with_intervals_and_losses_per_task(run_dir: Path)
     assert set(curve.losses) == {TOTAL_LOSS, "answer", "alpha", "beta"}
 
 
+def test_reports_written_before_intervals_get_theirs_from_the_counts(run_dir: Path):
+    path = RunLayout.of(str(run_dir)).report_json
+    report = json.loads(path.read_text())
+    expected = [e.pop("interval") for e in report["results"]]
+    path.write_text(json.dumps(report))
+    assert [e["interval"] for e in gather(run_dir).accuracy] == expected
+
+
 def test_examples_are_the_questions_every_teacher_answered_side_by_side(run_dir: Path):
     examples = gather(run_dir).examples
     assert [e["id"] for e in examples] == ["p1", "p2", "p3"]  # beta failed on p4
