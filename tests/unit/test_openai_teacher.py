@@ -194,7 +194,8 @@ def test_a_pasted_key_is_refused_and_never_repeated():
     from tinyllm_ray.config import ConfigError
 
     with pytest.raises(ConfigError) as loaded:
-        pasted = dict(kind="openai", name="x", model="m", base_url="http://h/v1", api_key_env=KEY, rationale_prefix="x: ")
+        pasted = dict(kind="openai", name="x", model="m", base_url="http://h/v1", api_key_env=KEY,
+                      rationale_prefix="x: ")
         load_config("tiny", [f"teachers.tiny_b={json.dumps(pasted)}"])
     assert "NAME of an environment variable" in str(loaded.value) and KEY not in str(loaded.value)
 

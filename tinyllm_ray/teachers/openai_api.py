@@ -117,7 +117,8 @@ def parse_answer(api: str, payload: Any) -> Answer:
         raise MalformedAnswerError("choices[0]'s text is not a string")
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
     try:
-        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
     except (TypeError, ValueError) as err:
         raise MalformedAnswerError(f"usage holds no token counts: {err}") from None
     return Answer((text or "").strip(), str(choice.get("finish_reason") or "stop"), prompt_tokens, completion_tokens)
