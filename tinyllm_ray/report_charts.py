@@ -62,13 +62,15 @@ def length_chart(teachers: Sequence[TeacherStats]) -> bytes:
     """Rationale length distribution (words) per teacher, as overlaid step histograms on common bins."""
     fig = _figure(8, 3.6)
     ax = fig.add_subplot()
-    longest = max((max(t.word_counts) for t in teachers if t.word_counts), default=1)
-    bins = min(40, max(longest, 1))
+    every = sorted(n for t in teachers for n in t.word_counts)
+    # up to the 99th percentile: a few run-on texts would squeeze the rest into one bin; they land in the last
+    top = max(every[int(0.99 * (len(every) - 1))] if every else 1, 1)
     for teacher in teachers:
         if teacher.word_counts:
-            ax.hist(teacher.word_counts, bins=bins, range=(0, longest), histtype="step", linewidth=1.5,
+            ax.hist([min(n, top) for n in teacher.word_counts], bins=min(40, top), range=(0, top), histtype="step",
+                    linewidth=1.5,
                     label=f"{teacher.name} (median {sorted(teacher.word_counts)[len(teacher.word_counts) // 2]})")
-    ax.set_xlabel("rationale length (words)")
+    ax.set_xlabel(f"rationale length (words; the last bin holds all of {top} and more)")
     ax.set_ylabel("rationales")
     if any(t.word_counts for t in teachers):  # every row failed: no histogram, no legend
         ax.legend(fontsize=8)
