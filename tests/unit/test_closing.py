@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tinyllm_ray.closing import (
     accuracy_lines, aligned, evaluate_summary, generate_summary, run_summary, sweep_summary, train_summary,
 )
