@@ -108,6 +108,7 @@ def _run_pool(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, mode
 
     from tinyllm_ray.metrics import open_sinks
     from tinyllm_ray.teachers.actor import TeacherActor, shard_descriptor
+    from tinyllm_ray.teachers.feeding import concurrent_shards
 
     start = time.time()
     todo = [shard_descriptor(index, shard) for index, plan in enumerate(plans) for shard in plan.pending()]
@@ -119,7 +120,8 @@ def _run_pool(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, mode
         # summary row per shard, consumed as it streams: nothing of the dataset is materialised on the driver.
         # As many shards again wait queued at the actor, so the next one starts the moment one finishes instead of
         # after a round trip to the driver (that keeps the engine's batch nearly full: benchmarks/RESULTS.md).
-        in_flight = teacher.resources.shards_in_flight
+        engine = getattr(teacher, "engine", None)  # a vLLM teacher's; other kinds have none
+        in_flight = concurrent_shards(teacher.resources, engine.extra if engine is not None else {})
         summaries = ray.data.from_items(todo).map_batches(
             TeacherActor,
             fn_constructor_kwargs=dict(teacher=teacher, model_path=model_path,

@@ -60,10 +60,12 @@ class ResourceConfig(Strict):
 
     concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
     shard_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
-    shards_in_flight: int = Field(
-        2, ge=1, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
+    shards_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        2, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
         "the running batch while the last one's longest answers finish. shard_size x shards_in_flight is the "
-        "engine's batch; on GPUs aim near vLLM's max_num_seqs (256). As many shards again wait queued at each actor.")
+        "engine's batch; on GPUs aim at vLLM's max_num_seqs (256, or 1024 on cards of 70 GB or more), or say "
+        "'auto': as many shards as the started engine's max_num_seqs holds (teachers/feeding.py). An engine that "
+        "the number cannot fill gets a warning. As many shards again wait queued at each actor.")
     num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")

@@ -1,13 +1,15 @@
 """EngineLoop's failure paths, which a healthy vLLM engine cannot be made to take on demand: an engine whose step
 raises must fail every waiting caller (no thread left blocked forever), and refuse later calls; so must an engine
 that dies while requests are added, and a failure in the loop itself; an engine that cannot be built fails the
-constructor. The engine here is a minimal stand-in with vLLM's ``enqueue`` / ``llm_engine.step`` surface; the
-success path runs on real vLLM in tests/integration/test_engine_loop.py."""
+constructor; a loop that ends, closed or failed, shuts its engine down once. The engine here is a minimal stand-in
+with vLLM's ``enqueue`` / ``llm_engine.step`` / ``llm_engine.engine_core.shutdown`` surface; the success path runs
+on real vLLM in tests/integration/test_engine_loop.py, real shutdowns in tests/integration/test_engine_shutdown.py."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -29,7 +31,8 @@ class DyingEngine:
         self.ids = itertools.count()
         self.waiting = 0
         self.expected = expected
-        self.llm_engine = self
+        self.llm_engine = self.engine_core = self
+        self.shutdowns: list[int] = []  # the threads that shut it down
 
     def enqueue(self, prompts, params, use_tqdm=False):
         if prompts[0] == "reject me":
@@ -44,6 +47,14 @@ class DyingEngine:
         if self.waiting >= self.expected:
             raise RuntimeError("EngineCore encountered an issue")
         return []
+
+    def shutdown(self):
+        self.shutdowns.append(threading.get_ident())
+
+
+def shut_down_once_by_the_loop(loop: EngineLoop, engine: DyingEngine) -> bool:
+    loop._thread.join(timeout=30)
+    return not loop._thread.is_alive() and engine.shutdowns == [loop._thread.ident]
 
 
 def call_from_threads(loop: EngineLoop, calls: list[list[str]]) -> list[BaseException]:
@@ -66,12 +77,16 @@ def call_from_threads(loop: EngineLoop, calls: list[list[str]]) -> list[BaseExce
 
 
 def test_a_dying_engine_fails_every_waiting_caller_and_later_calls():
-    loop = EngineLoop(lambda: DyingEngine(expected=4), fatal=FATAL)
+    engine = DyingEngine(expected=4)
+    loop = EngineLoop(lambda: engine, fatal=FATAL)
 
     errors = call_from_threads(loop, [["a", "b"], ["c", "d"]])
     assert len(errors) == 2 and all("EngineCore" in str(e) for e in errors)
     with pytest.raises(RuntimeError, match="stopped earlier"):
         loop.generate(["c"], params=None)
+    assert shut_down_once_by_the_loop(loop, engine)  # its processes must not outlive the failure
+    loop.close()
+    assert len(engine.shutdowns) == 1
 
 
 def test_a_rejected_prompt_is_its_rows_error_and_the_call_still_returns():
@@ -124,11 +139,13 @@ def test_an_engine_that_dies_while_requests_are_added_fails_every_caller():
                 raise EngineDead("EngineCore encountered an issue")
             return super().enqueue(prompts, params, use_tqdm)
 
-    loop = EngineLoop(lambda: DiesOnThird(expected=99), fatal=FATAL)
+    engine = DiesOnThird(expected=99)
+    loop = EngineLoop(lambda: engine, fatal=FATAL)
     errors = call_from_threads(loop, [["a", "b", "c"]])
     assert len(errors) == 1 and isinstance(errors[0], EngineDead)
     with pytest.raises(RuntimeError, match="stopped earlier"):
         loop.generate(["d"], params=None)
+    assert shut_down_once_by_the_loop(loop, engine)
 
 
 def test_a_failure_outside_the_engine_calls_fails_every_pending_and_later_call():
@@ -139,18 +156,57 @@ def test_a_failure_outside_the_engine_calls_fails_every_pending_and_later_call()
         def step(self):
             return [SimpleNamespace(finished=True, request_id="999")]
 
-    loop = EngineLoop(lambda: Stranger(expected=99), fatal=FATAL)
+    engine = Stranger(expected=99)
+    loop = EngineLoop(lambda: engine, fatal=FATAL)
     errors = call_from_threads(loop, [["a"], ["b", "c"]])
     # a call that arrives after the loop stopped is refused with the loop's error as its cause
     assert len(errors) == 2 and all(isinstance(e, KeyError) or isinstance(e.__cause__, KeyError) for e in errors)
     with pytest.raises(RuntimeError, match="stopped earlier"):
         loop.generate(["d"], params=None)
+    assert shut_down_once_by_the_loop(loop, engine)
 
 
-def test_a_closed_loop_refuses_calls_and_lets_go_of_the_engine():
-    loop = EngineLoop(lambda: DyingEngine(expected=99), fatal=FATAL)
-    loop.close()
-    loop._thread.join(timeout=30)
-    assert not loop._thread.is_alive() and loop.llm is None
+def test_a_closed_loop_shuts_its_engine_down_and_refuses_calls():
+    engine = DyingEngine(expected=99)
+    loop = EngineLoop(lambda: engine, fatal=FATAL)
+    loop.close()  # returns once the loop's thread has shut the engine down
+    assert not loop._thread.is_alive() and loop.llm is None and engine.shutdowns == [loop._thread.ident]
     with pytest.raises(RuntimeError, match="stopped earlier"):
         loop.generate(["a"], params=None)
+    loop.close()
+    assert len(engine.shutdowns) == 1
+
+
+def test_a_loop_stuck_in_a_step_is_shut_down_by_close_after_its_timeout():
+    """An actor exiting while its engine hangs in a step still shuts the engine down before it goes."""
+    release = threading.Event()
+
+    class Hanging(DyingEngine):
+        def step(self):
+            release.wait(30)
+            return []
+
+    engine = Hanging(expected=99)
+    loop = EngineLoop(lambda: engine, fatal=FATAL)
+    errors: list[BaseException] = []
+    caller = threading.Thread(target=lambda: errors.extend(call_from_threads(loop, [["a"]])))
+    caller.start()
+    while not engine.waiting:
+        time.sleep(0.01)
+    loop.close(timeout=0.2)
+    assert engine.shutdowns == [threading.get_ident()]  # by close, in the closing thread
+    release.set()
+    caller.join(timeout=30)
+    loop._thread.join(timeout=30)
+    assert not loop._thread.is_alive() and len(engine.shutdowns) == 1  # the loop, ending, does not do it again
+    assert len(errors) == 1 and "closed" in str(errors[0])
+
+
+def test_a_failing_shutdown_is_logged_and_the_loop_still_ends(caplog):
+    def refuse(engine):
+        raise OSError("engine process already gone")
+
+    loop = EngineLoop(lambda: DyingEngine(expected=99), fatal=FATAL, shutdown=refuse)
+    with caplog.at_level("ERROR", logger="tinyllm_ray"):
+        loop.close()
+    assert not loop._thread.is_alive() and "shutting the vLLM engine down failed" in caplog.text

@@ -14,10 +14,13 @@ of a step's many small regions has to wake a sleeping worker (measured in benchm
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+log = logging.getLogger("tinyllm_ray")
 
 
 def vllm_fatal_errors() -> tuple[type[BaseException], ...]:
@@ -26,6 +29,16 @@ def vllm_fatal_errors() -> tuple[type[BaseException], ...]:
     from vllm.v1.engine.exceptions import EngineDeadError
 
     return (EngineDeadError,)
+
+
+def shutdown_vllm(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine core: with vLLM's multiprocessing (the default on GPU) that ends the engine
+    process and its workers, which otherwise outlive a crashed actor holding most of the GPU. vLLM 0.32's ``LLM``
+    has no shutdown of its own; ray.data.llm's vLLM stage calls its engine's ``shutdown()`` the same way."""
+    import multiprocessing
+
+    llm.llm_engine.engine_core.shutdown()
+    multiprocessing.active_children()  # collects the engine processes vLLM killed but did not wait for (zombies)
 
 
 @dataclass
@@ -57,13 +70,19 @@ class EngineLoop:
     ``add_lock`` guards request rendering (tokenisation) when callers use the same tokenizer in their own threads;
     a fast tokenizer used from two threads at once can fail with "Already borrowed". ``fatal``: the exception types
     an ``enqueue`` raises when the whole engine is gone rather than one prompt rejected (default: vLLM's).
+    ``shutdown``: stops the engine (default: :func:`shutdown_vllm`); the loop's thread calls it once, as the loop
+    ends, whether closed or failed.
     """
 
     def __init__(self, make_llm: Callable[[], Any], add_lock: AbstractContextManager | None = None,
-                 fatal: tuple[type[BaseException], ...] | None = None):
+                 fatal: tuple[type[BaseException], ...] | None = None,
+                 shutdown: Callable[[Any], None] = shutdown_vllm):
         self.llm: Any = None
         self._add_lock = add_lock or nullcontext()
         self._fatal = fatal
+        self._shutdown = shutdown
+        self._engine: Any = None  # the engine to shut down, until it is
+        self._shutdown_lock = threading.Lock()
         self._wakeup = threading.Condition()
         self._inbox: list[_Call] = []
         self._running: dict[str, tuple[_Call, int]] = {}
@@ -93,16 +112,22 @@ class EngineLoop:
             raise call.failure
         return call.results
 
-    def close(self) -> None:
-        """Stop the loop (without waiting for it): calls still waiting fail, later ones are refused, and the loop's
-        thread lets go of the engine."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the loop and shut the engine down: calls still waiting fail, later ones are refused. Waits up to
+        ``timeout`` seconds for the loop's thread to finish its step and shut down; past that the engine is shut
+        down from here (an actor about to exit must not leave its engine process behind)."""
         with self._wakeup:
             self._closing = True
             self._wakeup.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the vLLM engine loop did not stop within %.0f s: shutting its engine down anyway", timeout)
+            self._shut_down_engine()
 
     def _build_and_loop(self, make_llm: Callable[[], Any], built: threading.Event) -> None:
         try:
-            self.llm = make_llm()
+            self.llm = self._engine = make_llm()
             if self._fatal is None:
                 self._fatal = vllm_fatal_errors()
         except BaseException as err:  # noqa: BLE001 - handed to the constructor, which raises it
@@ -114,6 +139,19 @@ class EngineLoop:
             self._loop()
         except BaseException as err:  # noqa: BLE001 - a bug in the loop itself: no caller may wait forever
             self._stop(err, [])
+        finally:
+            self._shut_down_engine()
+
+    def _shut_down_engine(self) -> None:
+        """Shut the engine down once (a failure to do so is logged: the loop is ending either way)."""
+        with self._shutdown_lock:
+            engine, self._engine = self._engine, None
+            if engine is None:
+                return
+            try:
+                self._shutdown(engine)
+            except Exception:  # noqa: BLE001 - nothing more to do than say so; callers already have their errors
+                log.exception("shutting the vLLM engine down failed; its processes may outlive this actor")
 
     def _loop(self) -> None:
         engine = self.llm.llm_engine

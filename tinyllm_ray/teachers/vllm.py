@@ -4,6 +4,7 @@ engine keeps batching across shard boundaries. vLLM is imported in the actor onl
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 
@@ -13,6 +14,9 @@ from tinyllm_ray.generation_plan import GenerationError
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.teachers.base import Rationales, placement_args, rationale_row
 from tinyllm_ray.teachers.engine_loop import EngineLoop
+from tinyllm_ray.teachers.feeding import SequenceGate, sequences_to_admit, underfed_warning
+
+log = logging.getLogger("tinyllm_ray")
 
 
 def prepare(teacher: TeacherConfig, layout: RunLayout) -> str:
@@ -49,6 +53,12 @@ def engine_kwargs(teacher: TeacherConfig, model_path: str) -> dict[str, Any]:
     return kwargs
 
 
+def scheduler_max_num_seqs(llm) -> int:
+    """The most sequences a started ``vllm.LLM`` schedules at once: vLLM sizes it from the card (1024 on cards of
+    70 GB or more, else 256) unless ``engine.extra`` sets it."""
+    return llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+
+
 def render_prompt(tokenizer, teacher: TeacherConfig, problem: dict, demos: list[dict], mode: str,
                   chat: bool) -> str:
     """The teacher's prompt text for one problem: teacher forcing (rationale) or the bare question (answer), in the
@@ -70,7 +80,8 @@ def prompt_token_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
 
 class VLLMTeacher:
     """A :class:`~tinyllm_ray.teachers.base.Teacher` backed by one in-process ``vllm.LLM``. Rows whose prompt is
-    too long or that the engine rejects come back with ``error`` set; an engine that dies raises."""
+    too long or that the engine rejects come back with ``error`` set; an engine that dies raises (and is shut
+    down first). ``close`` shuts the engine down."""
 
     def __init__(self, teacher: TeacherConfig, model_path: str):
         from vllm import LLM
@@ -79,10 +90,19 @@ class VLLMTeacher:
         self.teacher = teacher
         self.tokenizer_lock = threading.Lock()  # calls render in their own threads; the engine loop tokenises too
         self.loop = EngineLoop(lambda: LLM(**kwargs), add_lock=self.tokenizer_lock)  # built in the loop's thread
-        self.tokenizer = self.loop.llm.get_tokenizer()
-        self.max_model_len = teacher.engine.max_model_len
-        self.use_chat = teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
-        self._params: dict[str, Any] = {}  # SamplingParams by their JSON
+        try:
+            self.tokenizer = self.loop.llm.get_tokenizer()
+            self.max_model_len = teacher.engine.max_model_len
+            self.use_chat = teacher.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
+            self._params: dict[str, Any] = {}  # SamplingParams by their JSON
+            self.max_num_seqs = scheduler_max_num_seqs(self.loop.llm)
+            self.gate = SequenceGate(sequences_to_admit(teacher.resources, self.max_num_seqs))
+            warning = underfed_warning(teacher.name, teacher.resources, teacher.engine.extra, self.max_num_seqs)
+            if warning:
+                log.warning(warning)
+        except BaseException:
+            self.loop.close()  # a half-built teacher must not keep its engine
+            raise
 
     def render(self, problem: dict, demos: list[dict], mode: str) -> str:
         return render_prompt(self.tokenizer, self.teacher, problem, demos, mode, self.use_chat)
@@ -102,7 +122,9 @@ class VLLMTeacher:
                                 f"{self.max_model_len}: raise max_model_len or lower prompts.num_demos")
             else:
                 runnable.append((row, {"prompt_token_ids": ids, "prompt": row["prompt"]}))
-        return Rationales(rows, self._generate(runnable, self._sampling_params(sampling)))
+        with self.gate.admit(len(runnable)):
+            cached = self._generate(runnable, self._sampling_params(sampling))
+        return Rationales(rows, cached)
 
     def close(self) -> None:
         self.loop.close()
