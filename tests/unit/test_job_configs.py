@@ -42,7 +42,7 @@ def test_fidelity_job_compares_answer_only_each_teacher_and_both(monkeypatch):
 
     config = load_config(str(JOBS / "arc_fidelity.yaml"))
     assert [t.kind for t in config.teachers] == ["imported", "imported"]
-    assert config.data.eval_split == "test" and config.evaluation.method == "both"
+    assert config.data.eval_split == "test" and config.evaluation.method == "loglikelihood"
     assert config.student.model == "builtin:smollm2-135m"
     kinds = sorted(trial.kind for trial in plan_trials(config))
     assert kinds == ["answer_only", "single_teacher", "single_teacher", "tinyllm"]
