@@ -33,7 +33,9 @@ def test_demo_job_end_to_end(tmp_path: Path):
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert [r["name"] for r in report["results"][1:]] == ["smollm2_greedy", "smollm2_sampled"]
     assert all(r["total"] == 16 for r in report["results"])
-    assert "| model | role | method | accuracy |" in proc.stdout
+    # the closing summary: the accuracy table with intervals, and the report page `run` writes
+    assert "95% interval" in proc.stdout and "smollm2_greedy" in proc.stdout
+    assert str(out / "report.html") in proc.stdout and (out / "report.html").is_file()
     # What the user reads: each progress line once, and no warning that only says the local cluster has no dashboard.
     output = proc.stdout + proc.stderr
     step_lines = [line.split("[train] ", 1)[1].split(" loss")[0] for line in output.splitlines() if "[train] step" in line]

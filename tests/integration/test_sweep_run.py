@@ -79,7 +79,10 @@ def test_results_table_plot_and_manifest(sweep_run):
     assert set(results["baselines"]) == set(TRIALS) - {results["best"]}
     assert len(list(csv.DictReader((sweep / "results.csv").open()))) == 4
     table = (sweep / "results.md").read_text()
-    assert all(f"| {name} |" in table for name in TRIALS) and table in output
+    assert all(f"| {name} |" in table for name in TRIALS)
+    # the closing summary: every trial, where the table is, and the report page the sweep writes
+    assert all(name in output for name in TRIALS) and str(sweep / "results.md") in output
+    assert str(out / "report.html") in output and 'id="sweep"' in (out / "report.html").read_text()
     assert "Paired comparisons with the answer-only baseline" in table and "by chance alone" in table
     assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
     manifest = read_manifest(sweep)
