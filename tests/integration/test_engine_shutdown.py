@@ -173,6 +173,8 @@ def test_closing_the_teacher_ends_the_engines_processes_and_auto_fills_max_num_s
     assert MAX_NUM_SEQS <= result["peak"] < MAX_NUM_SEQS + SHARD  # 6 shards of 2 offered; at most one over
 
 
+@pytest.mark.skip(reason="the probe's premise failed when first run: vLLM 0.32 did not raise for a prompt longer than "
+                         "max_model_len on this path, so no loop failure happened; needs another fatal failure (issue 18 note)")
 def test_a_failed_engine_loop_ends_the_engines_processes():
     result = run_probe("loop_failure")
     assert result["engine"] and result["raised"] and "maximum context length" in result["raised"]
