@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import warnings
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from record_files import write
 
 from tinyllm_ray.config import DataConfig
 from tinyllm_ray.data import DataError, demo_corpus, load_problems, load_tinyllm_rationales
@@ -23,22 +22,6 @@ RECORDS = [
     {"id": "q1", "question": "What melts ice?", "choices": ["heat", "cold", "dark"], "answer": "heat"},
     {"id": "q2", "question": "What do fish use to breathe?", "choices": ["lungs", "gills"], "answer": "gills"},
 ]
-
-
-def write(path: Path, fmt: str, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    elif fmt == "json":
-        path.write_text(json.dumps(records, indent=2))
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(records), path)
-    else:  # csv: lists as JSON strings
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in records)
-    return path
 
 
 def test_demo_loads_conforms_and_is_balanced():

@@ -3,14 +3,12 @@ option (CSV files), answers given as labels; the same rows and the same errors i
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from record_files import write
 
 from tinyllm_ray.config import ConfigError, DataConfig, FieldMapping, load_config
 from tinyllm_ray.data import DataError, load_problems
@@ -59,34 +57,6 @@ ARC_ORIGINAL = [{**r, "question": {"stem": r["question"]["stem"],
 EXPECTED["arc_original"] = EXPECTED["arc"]
 SHAPES = {"arc": (ARC, ARC_FIELDS), "arc_original": (ARC_ORIGINAL, ARC_FIELDS), "obqa": (OBQA, OBQA_FIELDS),
           "letters": (LETTERS, LETTER_FIELDS)}
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    """A nested record as a CSV row: nested keys joined by dots, lists as JSON strings."""
-    row = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            row.update(flatten(value, f"{prefix}{key}."))
-        else:
-            row[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return row
-
-
-def write(path: Path, fmt: str, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    elif fmt == "json":
-        path.write_text(json.dumps(records, indent=2))
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(records), path)
-    else:
-        rows = [flatten(r) for r in records]
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return path
 
 
 def load(tmp_path: Path, fmt: str, records: list[dict], fields: dict, split: str = "train"):
