@@ -104,7 +104,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
     import ray
 
-    from tinyllm_ray.cluster_fit import evaluation_request
+    from tinyllm_ray.cluster_fit import evaluation_request, worker_resources
     from tinyllm_ray.cluster_state import require_fit
     from tinyllm_ray.generate import answer_pass, run_teachers
     from tinyllm_ray.problems import load_frozen_problems
@@ -121,11 +121,12 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     connect(config)
     require_fit([evaluation_request(config.training)])
     start = time.time()
-    num_gpus = 1 if config.training.use_gpu else 0
-    # On the trainers' nodes (their custom resource), so a student never takes a teacher node's GPU; scheduled on
-    # the cluster, not in the caller's placement group (a sweep's Tune trial has no room for it there). One
-    # worker's CPUs: Ray sizes the task's torch threads (OMP_NUM_THREADS) from them, and training has ended.
-    predict = ray.remote(num_cpus=config.training.cpus_per_worker, num_gpus=num_gpus, resources=dict(config.training.custom_resources_per_worker),
+    # One training worker's resources, the request require_fit checked: on the trainers' nodes (their custom
+    # resource), so a student never takes a teacher node's GPU; its CPUs size the task's torch threads
+    # (OMP_NUM_THREADS), and training has ended. Scheduled on the cluster, not in the caller's placement group (a
+    # sweep's Tune trial has no room for it there).
+    resources = worker_resources(config.training)
+    predict = ray.remote(num_cpus=resources.pop("CPU"), num_gpus=resources.pop("GPU", 0), resources=resources,
                          scheduling_strategy="DEFAULT")(score_student)
     options = ScoringOptions(config.prompts.task_prefix, config.evaluation.batch_size, config.evaluation.max_new_tokens)
     rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options))
