@@ -116,20 +116,21 @@ def _decoder_logprobs(student: Student, prompts: list[list[int]], owner, targets
     import torch
 
     device, pad = student.device, student.tokenizer.pad_token_id
+    prompt_rows = owner.to(device)
     width = max(len(p) for p in prompts)
     prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     first = student.model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1,
                           position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0))
     cache = first.past_key_values
-    cache.batch_select_indices(owner.to(device))  # every option row continues its problem's prompt
+    cache.batch_select_indices(prompt_rows)  # every option row continues its problem's prompt
     option_ids, option_mask = _padded(targets, pad).to(device), _mask(targets).to(device)
-    lengths = prompt_mask.sum(-1)[owner.to(device)].unsqueeze(1)
+    lengths = prompt_mask.sum(-1)[prompt_rows].unsqueeze(1)
     rest = student.model(input_ids=option_ids, past_key_values=cache, use_cache=False,
-                         attention_mask=torch.cat([prompt_mask[owner.to(device)], option_mask], dim=1),
+                         attention_mask=torch.cat([prompt_mask[prompt_rows], option_mask], dim=1),
                          position_ids=lengths + torch.arange(option_ids.shape[1], device=device))
     # the prompt's last position predicts the option's first token; option position k predicts token k + 1
-    logits = torch.cat([first.logits[owner.to(device), -1:], rest.logits[:, :-1]], dim=1)
+    logits = torch.cat([first.logits[prompt_rows, -1:], rest.logits[:, :-1]], dim=1)
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
@@ -141,9 +142,9 @@ def _seq2seq_logprobs(student: Student, prompts: list[list[int]], owner, targets
     device = student.device
     prompt_ids, prompt_mask = _padded(prompts, student.tokenizer.pad_token_id).to(device), _mask(prompts).to(device)
     encoded = student.model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
-    rows = owner.to(device)
-    logits = student.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
-                           attention_mask=prompt_mask[rows], labels=_padded(targets, -100).to(device)).logits
+    prompt_rows = owner.to(device)
+    logits = student.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[prompt_rows]),
+                           attention_mask=prompt_mask[prompt_rows], labels=_padded(targets, -100).to(device)).logits
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
