@@ -22,6 +22,8 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --s
                       "or --set teachers.NAME.sampling.temperature=0.7 (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Regenerate/retrain even when outputs for another config exist.")
 OutOpt = typer.Option(None, "--output-dir", "-o", help="Shortcut for --set output_dir=...")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show everything on the console (Ray, vLLM, DeepSpeed, "
+                          "workers, INFO logs), not only in OUTPUT_DIR/logs/console.log.")
 
 
 def _load(config: str, overrides: Optional[list[str]], output_dir: Optional[str]):
@@ -47,20 +49,36 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2) from None
 
 
-def _run_stage(stage, name: str, config: str, overrides, output_dir, checks: dict | None = None, **kwargs) -> Any:
-    """Load the config, run the preflight checks, save the resolved config beside the outputs, run a stage. The
-    project's errors (``TinyLLMError``) print one clear message and exit 2."""
+def _run_stage(stage, name: str, config: str, overrides, output_dir, verbose: bool, checks: dict | None = None,
+               **kwargs) -> Any:
+    """Load the config, run the preflight checks, save the resolved config beside the outputs, run a stage with
+    its console (:mod:`tinyllm_ray.console`: everything but the stages' own lines goes to OUTPUT_DIR/logs/ unless
+    ``verbose``). The project's errors (``TinyLLMError``) print one clear message and exit 2."""
+    from tinyllm_ray.console import routed_output, warnings_shown
     from tinyllm_ray.errors import TinyLLMError
+    from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.preflight import preflight
+    from tinyllm_ray.runtime import disconnect
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         job = _load(config, overrides, output_dir)
-        preflight(job, name, **(checks or {}))
-        _save_resolved(job)
-        return stage(job, **kwargs)
+        with warnings_shown(verbose):
+            preflight(job, name, **(checks or {}))  # before the log: a refused command writes nothing
     except TinyLLMError as err:
         _fail(err)
+    logs = RunLayout.of(job.output_dir).logs
+    try:
+        with routed_output(logs, verbose, on_exit=disconnect):
+            _save_resolved(job)
+            return stage(job, **kwargs)
+    except TinyLLMError as err:
+        _fail(err)
+    except Exception:
+        if not verbose:
+            typer.secho(f"the full log: {logs / 'console.log'}", fg=typer.colors.RED, err=True)
+        raise
 
 
 def _with_job(stage):
@@ -82,32 +100,33 @@ def _write_page(root: str) -> Optional[Path]:
 
 @app.command()
 def generate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
-             force: bool = ForceOpt,
+             force: bool = ForceOpt, verbose: bool = VerboseOpt,
              teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t", help="Only these teachers.")):
     """Write each teacher's rationales for the train split (reuses teachers whose config is unchanged)."""
     from tinyllm_ray.closing import generate_summary
     from tinyllm_ray.generate import generate as run
     from tinyllm_ray.layout import RunLayout
 
-    job, manifests = _run_stage(_with_job(run), "generate", config, overrides, output_dir,
+    job, manifests = _run_stage(_with_job(run), "generate", config, overrides, output_dir, verbose,
                                 checks={"only": teacher}, force=force, only=teacher)
     typer.echo(generate_summary(RunLayout.of(job.output_dir), manifests, config))
 
 
 @app.command()
 def train(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
-          force: bool = ForceOpt):
+          force: bool = ForceOpt, verbose: bool = VerboseOpt):
     """Distil the student from the rationales with Ray Train + DeepSpeed; export it in HF format."""
     from tinyllm_ray.closing import train_summary
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.train import train as run
 
-    job, manifest = _run_stage(_with_job(run), "train", config, overrides, output_dir, force=force)
+    job, manifest = _run_stage(_with_job(run), "train", config, overrides, output_dir, verbose, force=force)
     typer.echo(train_summary(RunLayout.of(job.output_dir), manifest, config))
 
 
 @app.command()
 def evaluate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
+             verbose: bool = VerboseOpt,
              teachers: Optional[bool] = typer.Option(None, "--teachers/--no-teachers",
                                                      help="Also measure teachers (default: evaluation.teachers).")):
     """Accuracy of the student (and teachers) on the held-out split; writes a JSON report and a table."""
@@ -115,14 +134,14 @@ def evaluate(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, o
     from tinyllm_ray.evaluate import evaluate as run
     from tinyllm_ray.layout import RunLayout
 
-    job, report = _run_stage(_with_job(run), "evaluate", config, overrides, output_dir,
+    job, report = _run_stage(_with_job(run), "evaluate", config, overrides, output_dir, verbose,
                              checks={"teachers": teachers}, teachers=teachers)
     typer.echo(evaluate_summary(RunLayout.of(job.output_dir), report, config))
 
 
 @app.command()
 def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
-        force: bool = ForceOpt):
+        force: bool = ForceOpt, verbose: bool = VerboseOpt):
     """All stages: generate -> train -> evaluate -> report.html; finished stages with unchanged config are reused."""
     from tinyllm_ray.closing import run_summary
     from tinyllm_ray.evaluate import evaluate as run_evaluate
@@ -139,13 +158,13 @@ def run(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output
         run_train(job, force=force)
         return run_evaluate(job)
 
-    job, report = _run_stage(_with_job(all_stages), "run", config, overrides, output_dir, force=force)
+    job, report = _run_stage(_with_job(all_stages), "run", config, overrides, output_dir, verbose, force=force)
     typer.echo(run_summary(RunLayout.of(job.output_dir), report, config, _write_page(job.output_dir)))
 
 
 @app.command()
 def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, output_dir: Optional[str] = OutOpt,
-          force: bool = ForceOpt,
+          force: bool = ForceOpt, verbose: bool = VerboseOpt,
           max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
                                                        help="Shortcut for --set sweep.max_concurrent_trials=N.")):
     """Train and evaluate every setting of the `sweep` config section (alpha, teacher subsets, students, data
@@ -160,7 +179,7 @@ def sweep(config: str = ConfigArg, overrides: Optional[list[str]] = SetOpt, outp
     overrides = list(overrides or [])
     if max_concurrent is not None:
         overrides.append(f"sweep.max_concurrent_trials={max_concurrent}")
-    job, results = _run_stage(_with_job(run), "sweep", config, overrides, output_dir, force=force)
+    job, results = _run_stage(_with_job(run), "sweep", config, overrides, output_dir, verbose, force=force)
     typer.echo(sweep_summary(RunLayout.of(job.output_dir), results, _write_page(job.output_dir)))
     if results["failed"]:
         typer.secho(f"{len(results['failed'])} trial(s) failed: {', '.join(results['failed'])}",

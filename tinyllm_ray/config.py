@@ -154,7 +154,7 @@ class TrainingConfig(Strict):
     alpha: dict[str, float] = Field(default_factory=dict, description="Rationale loss weight per teacher name (default 1.0).")
     teachers: list[str] | None = Field(None, description="Distil from these teachers only (default: all).")
     seed: int = 0
-    log_every_steps: int = Field(10, ge=1, json_schema_extra=OPERATIONAL, description="Print a progress line every N steps; metrics sinks get every step.")
+    log_every_steps: int = Field(10, ge=1, json_schema_extra=OPERATIONAL, description="Rank 0 logs a progress line (OUTPUT_DIR/logs/console.log) and records the loss every N steps; metrics sinks get every step.")
     checkpoint_every_steps: int | None = Field(
         50, ge=1, json_schema_extra=OPERATIONAL, description="Save a resumable DeepSpeed checkpoint every N optimiser steps (None: final export only).")
     max_failures: int = Field(2, ge=-1, json_schema_extra=OPERATIONAL, description="Restarts of the worker group from the latest checkpoint (-1: no limit).")

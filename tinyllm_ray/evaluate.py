@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from tinyllm_ray import prompts
 from tinyllm_ray.config import JobConfig, stable_hash
+from tinyllm_ray.console import current as console
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import ArtifactError, RATIONALE_SCHEMA, read_manifest, read_table, write_manifest
 from tinyllm_ray.scoring import ScoringOptions, methods_of, score_student
@@ -108,6 +109,7 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     from tinyllm_ray.cluster_state import require_fit
     from tinyllm_ray.generate import answer_pass, run_teachers
     from tinyllm_ray.problems import load_frozen_problems
+    from tinyllm_ray.progress_channel import followed, shared_channel
     from tinyllm_ray.runtime import connect
     from tinyllm_ray.teachers import answering
 
@@ -120,6 +122,8 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     methods = methods_of(config.evaluation.method)
     connect(config)
     require_fit([evaluation_request(config.training)])
+    console().stage_started("evaluate", f"student by {' + '.join(methods)} on {len(problems)} "
+                                        f"{config.data.eval_split} problems")
     start = time.time()
     # One training worker's resources, the request require_fit checked: on the trainers' nodes (their custom
     # resource), so a student never takes a teacher node's GPU; its CPUs size the task's torch threads
@@ -129,7 +133,17 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     predict = ray.remote(num_cpus=resources.pop("CPU"), num_gpus=resources.pop("GPU", 0), resources=resources,
                          scheduling_strategy="DEFAULT")(score_student)
     options = ScoringOptions(config.prompts.task_prefix, config.evaluation.batch_size, config.evaluation.max_new_tokens)
-    rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options))
+    channel = shared_channel()
+
+    def facts(event: Mapping[str, Any]) -> tuple[int, dict[str, str]]:  # batches of one method -> problems overall
+        index = methods.index(event["label"]) if event.get("label") in methods else 0
+        share = event["done"] / max(event["total"], 1)
+        return round((index + share) * len(problems)), {"method": event.get("label", "")}
+
+    display = console().progress("evaluate", len(problems) * len(methods), "problems")
+    with followed(channel, display, facts):
+        rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options,
+                                                channel))
     results = student_results(problems, student["model"], rows_by_method)
     if config.evaluation.teachers if teachers is None else teachers:
         scored = answering(config.teachers)  # imported teachers have rationales, not answers
@@ -149,4 +163,6 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
                    student_fingerprint=student["fingerprint"], methods=list(methods),
                    accuracy={result_key(r): r["accuracy"] for r in results},
                    interval={result_key(r): r["interval"] for r in results})
+    student_accuracy = ", ".join(f"{r['method']} {r['accuracy']:.1%}" for r in results if r["role"] == "student")
+    console().stage_finished("evaluate", f"student {student_accuracy} -> {layout.report_md}")
     return report

@@ -10,16 +10,19 @@ kinds of teacher are :mod:`tinyllm_ray.teachers`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tinyllm_ray.config import JobConfig, TeacherConfig
+from tinyllm_ray.console import current as console
 from tinyllm_ray.generation_plan import (
     DEMO_POOL_ROLE, GenerationError, PassPlan, TeacherPass, answer_pass, collect_shard_stats, plan_pass,
     rationale_pass, reuse, teacher_fingerprint,
 )
 from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.progress import ProgressDisplay, rate_text
 from tinyllm_ray.problems import load_frozen_problems, prepare_problems
 from tinyllm_ray.schemas import read_manifest, write_manifest
 from tinyllm_ray.teachers import kind_of
@@ -45,7 +48,14 @@ def generate(config: JobConfig, force: bool = False, only: list[str] | None = No
     if unknown:
         raise GenerationError(f"unknown teacher(s) {unknown}; known: {[t.name for t in config.teachers]}")
     passes = [rationale_pass(layout, force)] + ([answer_pass(config, layout)] if teacher_answers else [])
-    return run_teachers(config, layout, teachers, passes)[0]
+    problems = read_manifest(layout.problems) or {}
+    console().stage_started("generate", f"{len(teachers)} teacher(s): {', '.join(t.name for t in teachers)}; "
+                                        f"{problems.get('counts', {}).get('train', '?')} train problems")
+    manifests = run_teachers(config, layout, teachers, passes)[0]
+    rows = sum(m["counts"]["rows"] for m in manifests.values())
+    errors = sum(m["counts"]["errors"] for m in manifests.values())
+    console().stage_finished("generate", f"{rows} rationales, {errors} errors -> {layout.rationales}")
+    return manifests
 
 
 def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherConfig],
@@ -81,10 +91,13 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     plans = {name: [plan_pass(layout, by_name[name], passes[index], fingerprint) for index, fingerprint in todo.items()]
              for name, todo in pending.items()}
     pool_ref = ray.put(load_frozen_problems(layout, DEMO_POOL_ROLE))
+    totals = {name: sum(len(plan.pending()) for plan in plans[name]) for name in pending}
+    label = "teachers" if passes[0].mode == "rationale" else "answers"
+    progress = PoolProgress(console().progress(label, sum(totals.values()), "shards"), totals)
     with ThreadPoolExecutor(max_workers=len(pending)) as threads:
         futures = {name: threads.submit(_run_pool, config, layout, by_name[name], model_paths[name], pool_ref,
-                                        plans[name], position)
-                   for position, name in enumerate(pending)}
+                                        plans[name], progress)
+                   for name in pending}
         errors = {}
         for name, future in futures.items():
             try:
@@ -92,6 +105,7 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
                     manifests[index][name] = manifest
             except Exception as err:  # noqa: BLE001 - report every failing teacher, not just the first
                 errors[name] = err
+    progress.close()
     if errors:
         details = "\n".join(f"  {name}: {type(e).__name__}: {e}" for name, e in errors.items())
         raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones and finished shards are kept; "
@@ -102,7 +116,7 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
 # ---------------------------------------------------------------- one teacher's actor pool
 
 def _run_pool(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, model_path: str, pool_ref,
-              plans: list[PassPlan], position: int) -> list[dict[str, Any]]:
+              plans: list[PassPlan], progress: "PoolProgress") -> list[dict[str, Any]]:
     """One teacher's pool over the pending shards of all its passes; returns each pass's manifest."""
     import ray
 
@@ -139,30 +153,52 @@ def _run_pool(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, mode
                             {"teacher": teacher.name, "mode": plan.teacher_pass.mode})
                  for plan in plans]
         try:
-            _follow(summaries, len(todo), teacher.name, position, sinks, start)
+            _follow(summaries, teacher.name, progress, sinks, start)
         finally:
             for sink in sinks:
                 sink.close()
     return [_finish(teacher, plan, model_path, start) for plan in plans]
 
 
-def _follow(summaries, total: int, teacher: str, position: int, sinks: list, start: float) -> None:
-    """Consume the per-shard summaries as the actors produce them: a progress bar and running metrics per pass."""
-    from tqdm import tqdm
-
+def _follow(summaries, teacher: str, progress: "PoolProgress", sinks: list, start: float) -> None:
+    """Consume the per-shard summaries as the actors produce them: the stage's progress and running metrics."""
     done = [{"shards": 0, **{key: 0 for key in PROGRESS_KEYS}} for _ in sinks]
-    with tqdm(total=total, desc=f"{teacher} shards", unit="shard", position=position) as bar:
-        for summary in summaries.iter_rows():
-            index = int(summary["pass"])
-            counts = done[index]
-            counts["shards"] += 1
-            for key in PROGRESS_KEYS:
-                counts[key] += int(summary[key])
-            elapsed = max(time.time() - start, 1e-9)
-            bar.update(1)
-            sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
-                              "generated_tokens_per_s": counts["generated_tokens"] / elapsed,
-                              "shard_seconds": float(summary["seconds"])}, step=counts["shards"])
+    for summary in summaries.iter_rows():
+        index = int(summary["pass"])
+        counts = done[index]
+        counts["shards"] += 1
+        for key in PROGRESS_KEYS:
+            counts[key] += int(summary[key])
+        elapsed = max(time.time() - start, 1e-9)
+        progress.shard_done(teacher, int(summary["rows"]), int(summary["generated_tokens"]))
+        sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
+                          "generated_tokens_per_s": counts["generated_tokens"] / elapsed,
+                          "shard_seconds": float(summary["seconds"])}, step=counts["shards"])
+
+
+class PoolProgress:
+    """One display for all teachers' pools at once: shards done, each teacher's count (up to three teachers fit
+    an 80-column line), rows and generated tokens a second. Called from every pool's thread."""
+
+    def __init__(self, display: ProgressDisplay, totals: dict[str, int]):
+        self.display, self.totals = display, totals
+        self.done = dict.fromkeys(totals, 0)
+        self.rows = self.tokens = 0
+        self.start = time.time()
+        self.lock = threading.Lock()
+
+    def shard_done(self, teacher: str, rows: int, tokens: int) -> None:
+        with self.lock:
+            self.done[teacher] += 1
+            self.rows += rows
+            self.tokens += tokens
+            each = (" ".join(f"{name} {self.done[name]}/{total}" for name, total in self.totals.items())
+                    if len(self.totals) <= 3 else "")
+            self.display.update(sum(self.done.values()), teachers=each, rows=f"{self.rows} rows",
+                                speed=rate_text(self.tokens, time.time() - self.start, "tok"))
+
+    def close(self) -> None:
+        self.display.close()
 
 
 def _finish(teacher: TeacherConfig, plan: PassPlan, model_path: str, start: float) -> dict[str, Any]:

@@ -88,6 +88,11 @@ class RunLayout:
         return self.work / "metrics"
 
     @property
+    def logs(self) -> Path:
+        """``console.log``: what a command printed besides its own lines (:mod:`tinyllm_ray.console`)."""
+        return self.root / "logs"
+
+    @property
     def report_html(self) -> Path:
         """`tinyllm-ray report`'s page for the run or sweep at the root (charts embedded)."""
         return self.root / "report.html"

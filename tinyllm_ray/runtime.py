@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from tinyllm_ray.config import JobConfig
+from tinyllm_ray.console import current as current_console
 
 log = logging.getLogger("tinyllm_ray")
 
@@ -103,11 +104,26 @@ def teacher_env(on_gpu: bool, allocator: str = "auto") -> dict[str, str]:
     return {**cpu, **allocator_env(allocator, on_gpu)}
 
 
+_started_here = False  # whether connect() started (or joined) Ray in this process, so it ends it at exit
+
+
+def disconnect() -> None:
+    """End this process's Ray connection if :func:`connect` made it (a caller's own ray.init() is left alone); a
+    local cluster stops with it. Commands call it before their output stops going to the log: it prints."""
+    global _started_here
+    if _started_here:
+        import ray
+
+        ray.shutdown()
+        _started_here = False
+
+
 def connect(config: JobConfig) -> None:
     """Join the cluster named by config/RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
     import ray
     from ray.data import DataContext
 
+    global _started_here
     if not ray.is_initialized():
         address = config.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -117,7 +133,11 @@ def connect(config: JobConfig) -> None:
             # training workers coexist instead of waiting on each other forever.
             num_cpus = config.ray_num_cpus or max(4, 2 * (os.cpu_count() or 1))
             ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=local_cluster_runtime_env())
+        _started_here = True
     context = DataContext.get_current()
+    # Ray Data's own bars would fight the console's progress display (and repeat as lines in the log without a
+    # terminal); --verbose keeps them.
+    context.enable_progress_bars = current_console().verbose
     # Ray 2.60's v2 Parquet reader starts dozens of helper processes: seconds of start-up for small artifacts
     # (benchmarks/RESULTS.md).
     context.use_datasource_v2 = False

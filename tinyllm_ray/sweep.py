@@ -32,8 +32,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 from tinyllm_ray import sweep_results
 from tinyllm_ray.config import JobConfig, TrainingConfig, config_to_yaml, stable_hash
+from tinyllm_ray.console import current as console
 from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.layout import MANIFEST, RunLayout
+from tinyllm_ray.progress import ProgressDisplay
 from tinyllm_ray.schemas import write_manifest
 from tinyllm_ray.scoring import methods_of
 from tinyllm_ray.sweep_results import (  # noqa: F401 - the results API, also importable from here
@@ -281,6 +283,8 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     generate(config, force=force, only=needed)
     concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training)
     log.info("sweep: %d trials, up to %d at once", len(trials), concurrency)
+    console().stage_started("sweep", f"{len(trials)} trials, up to {concurrency} at once -> {layout.sweep}")
+    display = console().progress("sweep", len(trials), "trials")
 
     trainable = tune.with_parameters(_tune_trial, job=config.model_dump(mode="json"),
                                      trials={t.name: asdict(t) for t in trials}, force=force)
@@ -289,9 +293,13 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
         param_space={"trial": tune.grid_search([t.name for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False,
                                     trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name="tune", storage_path=str(layout.sweep), verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=str(layout.sweep), verbose=1,
+                                  callbacks=[_trial_progress(display)]),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        display.close()
     outcomes: dict[str, tuple[dict[str, Any], str | None]] = {}
     for result in grid:
         name = (result.config or {}).get("trial")
@@ -311,4 +319,38 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
                    failed=payload["failed"], best=payload["best"], significant=payload["significant"],
                    max_concurrent_trials=concurrency,
                    seconds=payload["seconds"])
+    failed = f", {len(payload['failed'])} failed" if payload["failed"] else ""
+    console().stage_finished("sweep", f"{len(trials)} trials{failed} -> {layout.sweep_results('md')}")
     return payload
+
+
+def _trial_progress(display: ProgressDisplay):
+    """A Tune callback (it runs in the driver) that moves the sweep's display as trials start and end."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.running: list[str] = []
+            self.ended = self.failed = 0
+
+        def _show(self) -> None:
+            display.update(self.ended, running=f"running {', '.join(self.running)}"[:60] if self.running else "",
+                           failed=f"{self.failed} failed" if self.failed else "")
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running.append(trial.config.get("trial", str(trial)))
+            self._show()
+
+        def _ended(self, trial, failed: bool) -> None:
+            name = trial.config.get("trial", str(trial))
+            self.running = [r for r in self.running if r != name]
+            self.ended, self.failed = self.ended + 1, self.failed + failed
+            self._show()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._ended(trial, failed=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._ended(trial, failed=True)
+
+    return TrialProgress()

@@ -25,6 +25,7 @@ from typing import Any
 
 from tinyllm_ray.artifacts import reusable
 from tinyllm_ray.config import JobConfig
+from tinyllm_ray.console import current as console
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest
 from tinyllm_ray.train_plan import (TrainingError, WorkerSpec, micro_step_plan, read_state, student_fingerprint,
@@ -59,6 +60,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from tinyllm_ray.deepspeed_config import slow_setting_warnings
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.problems import load_frozen_problems
+    from tinyllm_ray.progress_channel import followed, shared_channel
     from tinyllm_ray.runtime import allocator_env, connect
     from tinyllm_ray.training_data import build_training_table, take_fraction
 
@@ -72,6 +74,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     existing = reusable(layout.student, fingerprint, force)
     if existing is not None:
         log.info("student: reusing %s", layout.student)
+        console().stage_reused("train", f"student of unchanged settings: {layout.student}")
         return existing
 
     model_path = resolve_model(config.student.model)
@@ -103,10 +106,11 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
     worker_env = allocator_env(training.allocator, training.use_gpu, auto_on_cpu="system")
+    channel = shared_channel()
     trainer = TorchTrainer(
         _run_loop,
         # looked up at call time, so a patched train_loop_per_worker still runs (benchmarks, until they pass loop=)
-        train_loop_config={"loop": loop or train_loop_per_worker, "spec": spec},
+        train_loop_config={"loop": loop or train_loop_per_worker, "spec": spec, "progress": channel},
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
                                      resources_per_worker=resources, placement_strategy=training.placement_strategy),
         datasets={"train": ray.data.from_arrow(table.take(order))},
@@ -119,8 +123,12 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
                              # DeveloperAPI in Ray 2.60; merged with the job's runtime env
                              worker_runtime_env={"env_vars": worker_env}),
     )
+    console().stage_started("train", f"{config.student.model}, {table.num_rows} problems x {len(spec.tasks)} tasks, "
+                                     f"{spec.total_optimizer_steps} steps, ZeRO-{training.resolved_zero_stage} x "
+                                     f"{training.num_workers}")
     start = time.time()
-    result = trainer.fit()
+    with followed(channel, console().progress("train", spec.total_optimizer_steps, "steps"), _step_facts):
+        result = trainer.fit()
     if result.error:
         raise TrainingError(f"training failed: {result.error}")
     checkpoint, metrics = final_export(result)
@@ -143,12 +151,28 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
         shutil.rmtree(layout.train_storage / run_name, ignore_errors=True)
         with contextlib.suppress(OSError):  # only while empty: no other run's storage goes with it
             layout.train_storage.rmdir()
+    last = (manifest.get("losses") or [{}])[-1]
+    console().stage_finished("train", f"{metrics.get('step')} steps, {metrics.get('train_tokens')} tokens"
+                                      + (f", loss {last['loss']:.3f} at step {last['step']}" if "loss" in last else "")
+                                      + f" -> {layout.student}")
     return manifest
 
 
 def _run_loop(config: dict[str, Any]) -> None:
-    """Ray Train's entry point on every worker: the chosen loop with the run's spec."""
+    """Ray Train's entry point on every worker: the chosen loop with the run's spec, progress to the driver."""
+    from tinyllm_ray.progress_channel import install
+
+    install(config.get("progress"))
     config["loop"](config["spec"])
+
+
+def _step_facts(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    """Rank 0's step event as the progress display shows it: loss per task, rank 0's tokens a second."""
+    from tinyllm_ray.progress import rate_text
+
+    losses = " ".join(f"{name[:10]} {value:.2f}" for name, value in event.get("task_losses", {}).items())
+    return int(event["step"]), {"loss": losses or f"loss {event['loss']:.3f}",
+                                "speed": rate_text(event.get("tokens_per_s", 0.0), 1.0, "tok")}
 
 
 def load_rationales(layout: RunLayout, teacher: str):

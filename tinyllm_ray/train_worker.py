@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyllm_ray.progress_channel import publish
 from tinyllm_ray.train_plan import (DEEPSPEED_TAG, FINAL, STATE_FILE, Progress, StepRecord, TrainingError, WorkerSpec,
                                     checkpoint_due, checkpoint_state, final_state, missing_state_error, parse_state,
                                     resume_position, rng_file, write_state)
@@ -229,6 +230,10 @@ def _after_step(state: WorkerState, record: StepRecord, sinks) -> None:
                **{f"loss/{name}": value for name, value in record.task_losses.items()}}
     if sinks is not None:
         sinks.log({**metrics, "learning_rate": state.scheduler.get_last_lr()[0]}, step=step)
+    if state.rank == 0:  # the driver's progress display (at most one event a second)
+        publish({"step": step, "total": spec.total_optimizer_steps, "loss": record.loss,
+                 "task_losses": dict(record.task_losses), "tokens_per_s": metrics["tokens_per_s"]},
+                final=step == spec.total_optimizer_steps)
     logged = state.rank == 0 and step % spec.log_every_steps == 0
     if logged:
         state.loss_log.append(record.loss_entry())  # before the checkpoint, which carries the log so far

@@ -36,8 +36,11 @@ def test_demo_job_end_to_end(tmp_path: Path):
     # the closing summary: the accuracy table with intervals, and the report page `run` writes
     assert "95% interval" in proc.stdout and "smollm2_greedy" in proc.stdout
     assert str(out / "report.html") in proc.stdout and (out / "report.html").is_file()
-    # What the user reads: each progress line once, and no warning that only says the local cluster has no dashboard.
+    # What the user reads: the stages and the summary, everything else in the log; there, each step's progress line
+    # once and no warning that only says the local cluster has no dashboard.
     output = proc.stdout + proc.stderr
-    step_lines = [line.split("[train] ", 1)[1].split(" loss")[0] for line in output.splitlines() if "[train] step" in line]
+    assert len(output.splitlines()) < 40 and "train     done" in output, output
+    log = (out / "logs" / "console.log").read_text()
+    step_lines = [line.split("[train] ", 1)[1].split(" loss")[0] for line in log.splitlines() if "[train] step" in line]
     assert step_lines == [f"step {step}/6" for step in range(1, 7)], step_lines
-    assert "State API may be temporarily unavailable" not in output
+    assert "State API may be temporarily unavailable" not in log

@@ -181,8 +181,6 @@ def test_a_failed_engine_loop_ends_the_engines_processes():
     assert result["left"] == []
 
 
-@pytest.mark.skip(reason="known hang, not fixed: after SIGKILL of vLLM 0.32's EngineCore, SyncMPClient.get_output "
-                         "blocks forever inside LLMEngine.step, so the loop never sees the failure (issue 18 note)")
 def test_a_killed_engine_core_fails_the_teacher_and_leaves_no_process():
     result = run_probe("engine_killed")
     assert result["engine"] and result["core"], result

@@ -23,12 +23,27 @@ def cli(*args: str):
     return result
 
 
+CONSOLE: dict[str, str] = {}  # what the fixture's `run` printed
+
+
 @pytest.fixture(scope="module")
 def tiny_run(ray_cluster, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     result = cli("run", "tiny", "-o", str(out))
     assert result.exit_code == 0, result.output
+    CONSOLE["output"] = result.output
     return out
+
+
+def test_the_console_shows_the_stages_and_the_log_keeps_the_rest(tiny_run: Path):
+    lines = CONSOLE["output"].splitlines()
+    assert len(lines) < 40, CONSOLE["output"]
+    stage_lines = [line.split()[:2] for line in lines if line.split()[1:2] in (["started"], ["done"])]
+    assert stage_lines == [[stage, state] for stage in ("generate", "train", "evaluate") for state in ("started",
+                                                                                                       "done")]
+    assert not [line for line in lines if "pid=" in line or " INFO " in line], "worker or library output leaked"
+    log = (tiny_run / "logs" / "console.log").read_text()
+    assert "[train] step 3/3" in log and "teacher tiny_a: 16 rationale rows" in log
 
 
 def test_run_writes_every_artifact(tiny_run: Path):

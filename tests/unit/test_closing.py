@@ -27,7 +27,8 @@ def test_accuracy_lines_carry_each_wilson_interval_in_aligned_columns():
     lines = accuracy_lines(REPORT)
     low, high = wilson_interval(7, 10, 0.95)
     student = next(line for line in lines if line.startswith("student"))
-    assert "70.0%" in student and f"{low:.1%} - {high:.1%}" in student and "7 / 10" in student
+    assert "70.0%" in student and f"{low:.1%} - {high:.1%}" in student and "7/10" in student
+    assert max(len(line) for line in lines) <= 80  # a terminal's width, ray job logs' too
     assert "95% interval" in lines[1] and lines[0].startswith("Accuracy on arc split test")
     header, _, *rows = lines[1:]
     assert all(row.index("70.0%" if "student" in row else "90.0%") == header.index("accuracy") for row in rows)

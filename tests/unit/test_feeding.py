@@ -52,11 +52,14 @@ def test_shards_in_flight_takes_a_positive_number_or_auto():
             TeacherConfig.model_validate({"name": "t", "model": "m", "resources": {"shards_in_flight": bad}})
 
 
-def admitted_peak(gate: SequenceGate, batches: list[int]) -> int:
-    """Admit each batch from its own thread, holding it briefly; returns the gate's peak in flight."""
+def admitted_peak(gate: SequenceGate, batches: list[int], full_at: int) -> int:
+    """Admit each batch from its own thread, holding it until the gate has once held ``full_at`` sequences (so the
+    overlap does not depend on how the threads are scheduled; 10 s at most); returns the gate's peak in flight."""
     def hold(size: int) -> None:
         with gate.admit(size):
-            time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while gate.peak < full_at and time.monotonic() < deadline:
+                time.sleep(0.005)
 
     threads = [threading.Thread(target=hold, args=(size,)) for size in batches]
     for thread in threads:
@@ -68,7 +71,7 @@ def admitted_peak(gate: SequenceGate, batches: list[int]) -> int:
 
 
 def test_the_gate_keeps_its_limit_full_and_at_most_one_batch_over():
-    assert admitted_peak(SequenceGate(4), [2] * 6) == 4
-    assert 5 <= admitted_peak(SequenceGate(5), [2] * 6) <= 6  # admitted whole: below 5 plus one batch
-    assert admitted_peak(SequenceGate(None), [2] * 6) == 12
-    assert admitted_peak(SequenceGate(1), [3, 3]) == 3  # a batch larger than the limit still runs, alone
+    assert admitted_peak(SequenceGate(4), [2] * 6, full_at=4) == 4
+    assert 5 <= admitted_peak(SequenceGate(5), [2] * 6, full_at=5) <= 6  # admitted whole: below 5 plus one batch
+    assert admitted_peak(SequenceGate(None), [2] * 6, full_at=12) == 12
+    assert admitted_peak(SequenceGate(1), [3, 3], full_at=3) == 3  # a batch larger than the limit still runs, alone

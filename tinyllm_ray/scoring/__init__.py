@@ -93,7 +93,11 @@ def scorer(method: str) -> Scorer:
 
 
 def score_student(model_dir: str, seq2seq: bool, problems: list[dict], methods: Sequence[str],
-                  options: ScoringOptions) -> dict[str, list[dict[str, Any]]]:
-    """Load the student once and score it with every method (a Ray task in `evaluate`): rows per method."""
+                  options: ScoringOptions, progress: Any = None) -> dict[str, list[dict[str, Any]]]:
+    """Load the student once and score it with every method (a Ray task in `evaluate`): rows per method.
+    ``progress``: a :class:`~tinyllm_ray.progress_channel.ProgressChannel` the batches are reported to."""
+    from tinyllm_ray.progress_channel import install
+
+    install(progress)
     student = Student.load(model_dir, seq2seq)
     return {method: scorer(method).predict(student, problems, options) for method in methods}

@@ -29,11 +29,12 @@ class GenerateScorer:
 def greedy_answers(student: Student, texts: Sequence[str], batch_size: int, max_new_tokens: int) -> list[str]:
     """Greedy continuations of ``texts``, ``batch_size`` at a time (left-padded), stripped."""
     import torch
-    from tqdm import tqdm
+
+    from tinyllm_ray.progress_channel import tracked
 
     tokenizer, model = student.tokenizer, student.model
     answers: list[str] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="student eval (generate)", unit="batch"):
+    for start in tracked(range(0, len(texts), batch_size), "generate"):
         chunk = list(texts[start:start + batch_size])
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(student.device)
         with torch.no_grad():

