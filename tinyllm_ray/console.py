@@ -98,6 +98,17 @@ class _ConsoleWarnings(logging.Handler):
         self.console.warn(record.getMessage())
 
 
+class _PackageWarnings(_ConsoleWarnings):
+    """Python warnings (``logging.captureWarnings``) raised by this package's own code, e.g. a data file whose rows
+    repeat an option: on the console as ``Category: message``; other libraries' stay in the log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        where, _, rest = text.partition(": ")
+        if f"{os.sep}tinyllm_ray{os.sep}" in where:
+            self.console.warn(rest.splitlines()[0])
+
+
 @contextlib.contextmanager
 def warnings_shown(verbose: bool) -> Iterator[Console]:
     """Before a command's log exists (its checks run first, so a refused command writes nothing): the project's
@@ -146,6 +157,8 @@ def routed_output(log_dir: Path, verbose: bool, on_exit: Callable[[], None] | No
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers, root.level = [handler], logging.INFO
     log.addHandler(_ConsoleWarnings(console))
+    package_warnings = _PackageWarnings(console)
+    logging.getLogger("py.warnings").addHandler(package_warnings)
     logging.captureWarnings(True)
     _active.append(console)
     try:
@@ -161,6 +174,7 @@ def routed_output(log_dir: Path, verbose: bool, on_exit: Callable[[], None] | No
         finally:
             _active.pop()
             logging.captureWarnings(False)
+            logging.getLogger("py.warnings").removeHandler(package_warnings)
             root.handlers, root.level = saved_logging[0], saved_logging[1]
             log.handlers = saved_logging[2]
             sys.stdout, sys.stderr = saved_streams

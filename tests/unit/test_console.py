@@ -74,6 +74,8 @@ ROUTED = textwrap.dedent("""
         logging.getLogger("tinyllm_ray").warning("mind this")
         logging.getLogger("tinyllm_ray").warning("mind this")
         warnings.warn("deprecated thing", DeprecationWarning)
+        from tinyllm_ray import data  # a warning from the package's own code reaches the console
+        warnings.warn_explicit("rows repeat a wrong option", UserWarning, data.__file__, 1)
         console.stage_started("train", "2 steps")
     print("after the command")
 """)
@@ -83,7 +85,8 @@ def test_routed_output_keeps_the_console_to_its_own_lines(tmp_path: Path):
     logs = tmp_path / "logs"
     proc = subprocess.run([sys.executable, "-c", ROUTED, str(logs)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["warning: mind this", "train     started  2 steps", "after the command"]
+    assert proc.stdout.splitlines() == ["warning: mind this", "warning: UserWarning: rows repeat a wrong option",
+                                        "train     started  2 steps", "after the command"]
     assert proc.stderr == ""
     log = (logs / "console.log").read_text()
     for text in ("library print", "C-level stdout", "C-level stderr", "an info line", "deprecated thing"):
