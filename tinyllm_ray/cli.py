@@ -54,7 +54,7 @@ def _run_stage(stage, name: str, config: str, overrides, output_dir, verbose: bo
     """Load the config, run the preflight checks, save the resolved config beside the outputs, run a stage with
     its console (:mod:`tinyllm_ray.console`: everything but the stages' own lines goes to OUTPUT_DIR/logs/ unless
     ``verbose``). The project's errors (``TinyLLMError``) print one clear message and exit 2."""
-    from tinyllm_ray.console import routed_output, warnings_shown
+    from tinyllm_ray.console import LOG_FILE, routed_output, warnings_shown
     from tinyllm_ray.errors import TinyLLMError
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.preflight import preflight
@@ -77,7 +77,7 @@ def _run_stage(stage, name: str, config: str, overrides, output_dir, verbose: bo
         _fail(err)
     except Exception:
         if not verbose:
-            typer.secho(f"the full log: {logs / 'console.log'}", fg=typer.colors.RED, err=True)
+            typer.secho(f"the full log: {logs / LOG_FILE}", fg=typer.colors.RED, err=True)
         raise
 
 

@@ -33,9 +33,8 @@ log = logging.getLogger("tinyllm_ray")
 class Console:
     """Where the stages' person-facing lines go. ``live``: a terminal, so progress redraws one line in place."""
 
-    def __init__(self, stream: TextIO, verbose: bool = True, live: bool | None = None,
-                 log_file: Path | None = None):
-        self.stream, self.verbose, self.log_file = stream, verbose, log_file
+    def __init__(self, stream: TextIO, verbose: bool = True, live: bool | None = None):
+        self.stream, self.verbose = stream, verbose
         self.live = _is_terminal(stream) if live is None else live
         self.interval = float(os.environ.get(INTERVAL_ENV, 30))
         self._warned: set[str] = set()
@@ -152,7 +151,7 @@ def routed_output(log_dir: Path, verbose: bool, on_exit: Callable[[], None] | No
     console_stream = os.fdopen(os.dup(fds[0]), "w", buffering=1, encoding="utf-8") if fds else sys.stdout
     if fds is None:
         sys.stdout = sys.stderr = sink  # a test runner's fake stream: only Python-level output can move
-    console = Console(console_stream, verbose=False, log_file=path)
+    console = Console(console_stream, verbose=False)
     handler = logging.StreamHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers, root.level = [handler], logging.INFO

@@ -94,18 +94,20 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     totals = {name: sum(len(plan.pending()) for plan in plans[name]) for name in pending}
     label = "teachers" if passes[0].mode == "rationale" else "answers"
     progress = PoolProgress(console().progress(label, sum(totals.values()), "shards"), totals)
-    with ThreadPoolExecutor(max_workers=len(pending)) as threads:
-        futures = {name: threads.submit(_run_pool, config, layout, by_name[name], model_paths[name], pool_ref,
-                                        plans[name], progress)
-                   for name in pending}
-        errors = {}
-        for name, future in futures.items():
-            try:
-                for index, manifest in zip(pending[name], future.result()):
-                    manifests[index][name] = manifest
-            except Exception as err:  # noqa: BLE001 - report every failing teacher, not just the first
-                errors[name] = err
-    progress.close()
+    errors = {}
+    try:
+        with ThreadPoolExecutor(max_workers=len(pending)) as threads:
+            futures = {name: threads.submit(_run_pool, config, layout, by_name[name], model_paths[name], pool_ref,
+                                            plans[name], progress)
+                       for name in pending}
+            for name, future in futures.items():
+                try:
+                    for index, manifest in zip(pending[name], future.result()):
+                        manifests[index][name] = manifest
+                except Exception as err:  # noqa: BLE001 - report every failing teacher, not just the first
+                    errors[name] = err
+    finally:  # a live line left running would keep redrawing over whatever comes next (an interrupt's traceback)
+        progress.close()
     if errors:
         details = "\n".join(f"  {name}: {type(e).__name__}: {e}" for name, e in errors.items())
         raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones and finished shards are kept; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from tinyllm_ray.progress import ProgressState, format_duration, eta_seconds
+from tinyllm_ray.progress import eta_seconds, format_duration
 
 
 class LiveProgress:
@@ -16,7 +16,7 @@ class LiveProgress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.label, self.total, self.unit = label, total, unit
+        self.total, self.unit = total, unit
         self.start = time.monotonic()
         # the elapsed time ticks between updates (a teacher's first shard can take minutes), the rest moves with them
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), TimeElapsedColumn(),
@@ -28,9 +28,8 @@ class LiveProgress:
         self.progress.start()
 
     def _text(self, done: int, facts: dict[str, str]) -> str:
-        state = ProgressState("", done, self.total, self.unit, time.monotonic() - self.start, facts)
         count = f"{done}/{self.total} {self.unit}".strip()
-        eta = eta_seconds(state.done, state.total, state.elapsed)
+        eta = eta_seconds(done, self.total, time.monotonic() - self.start)
         parts = [count, *(value for value in facts.values() if value),
                  f"ETA {format_duration(eta)}" if eta is not None else ""]
         return "  ".join(part for part in parts if part)
