@@ -325,17 +325,26 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
 
 
 def _trial_progress(display: ProgressDisplay):
-    """A Tune callback (it runs in the driver) that moves the sweep's display as trials start and end."""
+    """A Tune callback (it runs in the driver) that moves the sweep's display as trials start and end.
+
+    Tune pickles its run config, callbacks included, into the experiment folder: the display (which holds the
+    console's stream) is left out of that copy, so a restored callback shows nothing rather than failing to pickle.
+    """
     from ray.tune import Callback
 
     class TrialProgress(Callback):
-        def __init__(self):
+        def __init__(self, display: ProgressDisplay | None):
+            self.display = display
             self.running: list[str] = []
             self.ended = self.failed = 0
 
+        def __getstate__(self) -> dict[str, Any]:
+            return {**self.__dict__, "display": None}
+
         def _show(self) -> None:
-            display.update(self.ended, running=f"running {', '.join(self.running)}"[:60] if self.running else "",
-                           failed=f"{self.failed} failed" if self.failed else "")
+            if self.display is not None:
+                running = f"running {', '.join(self.running)}"[:60] if self.running else ""
+                self.display.update(self.ended, running=running, failed=f"{self.failed} failed" if self.failed else "")
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.running.append(trial.config.get("trial", str(trial)))
@@ -353,4 +362,4 @@ def _trial_progress(display: ProgressDisplay):
         def on_trial_error(self, iteration, trials, trial, **info):
             self._ended(trial, failed=True)
 
-    return TrialProgress()
+    return TrialProgress(display)

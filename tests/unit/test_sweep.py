@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 
 import pytest
@@ -278,3 +279,37 @@ def test_csv_and_files(tmp_path):
     assert [s["name"] for s in payload["significant"]] == [SINGLE_A]
     write_results(RunLayout.of(str(tmp_path / "both")), _rows(("generate", "loglikelihood")), "tiny")  # methods
     assert (tmp_path / "both" / "sweep" / "results.png").is_file()
+
+
+class _RecordedDisplay:
+    """A progress display that keeps what it was shown, on a stream that cannot be pickled (like a terminal's)."""
+
+    def __init__(self):
+        self.stream = open(os.devnull, "w", encoding="utf-8")
+        self.shown: list[tuple[int, dict[str, str]]] = []
+
+    def update(self, done: int, **facts: str) -> None:
+        self.shown.append((done, facts))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def test_the_trial_progress_callback_survives_tunes_pickling_of_the_run_config():
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    from types import SimpleNamespace
+
+    from tinyllm_ray.sweep import _trial_progress
+
+    display = _RecordedDisplay()
+    with pytest.raises(Exception):
+        cloudpickle.dumps(display)  # the stream is what used to break `tinyllm-ray sweep`
+    callback = _trial_progress(display)
+    trial = SimpleNamespace(config={"trial": "tinyllm_a"})
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_error(0, [], trial)
+    assert display.shown == [(0, {"running": "running tinyllm_a", "failed": ""}), (1, {"running": "", "failed": "1 failed"})]
+    restored = cloudpickle.loads(cloudpickle.dumps(callback))
+    restored.on_trial_complete(0, [], trial)  # a restored callback has no display and shows nothing
+    assert (restored.ended, restored.failed, len(display.shown)) == (2, 1, 2)
+    display.close()
