@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,22 +45,33 @@ class Console:
         self.stream.write(text.rstrip("\n") + "\n")
         self.stream.flush()
 
+    def _say_folded(self, text: str, indent: int) -> None:
+        """In a terminal, a long line folds between words under its text (the terminal would cut words in two);
+        elsewhere (``ray job logs``, a pipe) it stays one line, so each stage event is one line to grep."""
+        if self.live:
+            text = textwrap.fill(text, width=_columns(self.stream), subsequent_indent=" " * indent,
+                                 break_long_words=False, break_on_hyphens=False)
+        self.say(text)
+
+    def _stage_line(self, stage: str, event: str, what: str) -> None:
+        self._say_folded(f"{stage:<9} {event:<8} {what}", indent=19)
+
     def stage_started(self, stage: str, what: str) -> None:
         self._started[stage] = time.monotonic()
-        self.say(f"{stage:<9} started  {what}")
+        self._stage_line(stage, "started", what)
 
     def stage_finished(self, stage: str, what: str) -> None:
         seconds = time.monotonic() - self._started.pop(stage, time.monotonic())
-        self.say(f"{stage:<9} done     {what} ({format_duration(seconds)})")
+        self._stage_line(stage, "done", f"{what} ({format_duration(seconds)})")
 
     def stage_reused(self, stage: str, what: str) -> None:
-        self.say(f"{stage:<9} reused   {what}")
+        self._stage_line(stage, "reused", what)
 
     def warn(self, message: str) -> None:
         """A warning the user should act on, once per distinct text (the log keeps every occurrence)."""
         if message not in self._warned:
             self._warned.add(message)
-            self.say(f"warning: {message}")
+            self._say_folded(f"warning: {message}", indent=9)
 
     def progress(self, label: str, total: int, unit: str) -> ProgressDisplay:
         if self.live:
@@ -69,6 +81,13 @@ class Console:
         from tinyllm_ray.progress_lines import LineProgress
 
         return LineProgress(self.stream, label, total, unit, interval=self.interval)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 80
 
 
 def _is_terminal(stream: TextIO) -> bool:

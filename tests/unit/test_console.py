@@ -60,6 +60,20 @@ def test_a_warning_shows_once():
     assert lines[1].startswith("train     started") and lines[2].startswith("train     done")
 
 
+LONG = "builtin:smollm2-135m, 48 problems x 3 tasks, 6 steps, ZeRO-2 x 2 workers on a cluster of four nodes"
+
+
+def test_a_long_stage_line_folds_between_words_in_a_terminal_only():
+    folded, plain = io.StringIO(), io.StringIO()
+    Console(folded, verbose=False, live=True).stage_started("train", LONG)  # no terminal size to read: 80 columns
+    Console(plain, verbose=False, live=False).stage_started("train", LONG)
+    lines = folded.getvalue().splitlines()
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
+    assert all(line.startswith(" " * 19) and not line.startswith(" " * 20) for line in lines[1:])
+    assert " ".join(line.strip() for line in lines) == plain.getvalue().strip()  # no word cut or lost
+    assert plain.getvalue().count("\n") == 1
+
+
 ROUTED = textwrap.dedent("""
     import logging, os, sys, warnings
     from pathlib import Path
