@@ -42,6 +42,9 @@ def test_the_console_shows_the_stages_and_the_log_keeps_the_rest(tiny_run: Path)
     assert stage_lines == [[stage, state] for stage in ("generate", "train", "evaluate") for state in ("started",
                                                                                                        "done")]
     assert not [line for line in lines if "pid=" in line or " INFO " in line], "worker or library output leaked"
+    # raised inside each teacher's actor (2 shards of 8 in flight, the CPU engine schedules more): shown once each
+    underfed = [line for line in lines if line.startswith("warning: teacher") and "below its batch" in line]
+    assert sorted(line.split("'")[1] for line in underfed) == ["tiny_a", "tiny_b"], CONSOLE["output"]
     log = (tiny_run / "logs" / "console.log").read_text()
     assert "[train] step 3/3" in log and "teacher tiny_a: 16 rationale rows" in log
 

@@ -4,6 +4,8 @@ Parquet footer. It knows nothing of vLLM."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
@@ -15,12 +17,32 @@ from tinyllm_ray.generation_plan import (
 )
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_rows, write_table
 
-SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds")
+SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds", "warnings")
 
 
 def shard_descriptor(index: int, shard: ShardPlan) -> dict[str, int]:
     """One input row of the actor pool: shard ``shard`` of the actor's pass ``index``."""
     return {"pass": index, "shard": shard.shard, "offset": shard.offset, "rows": shard.rows}
+
+
+class ActorWarnings(logging.Handler):
+    """The package's warnings raised in the actor (e.g. an underfed engine), carried to the driver in the next shard
+    summary so they reach the user's console: the actor's own output only reaches the log."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self._lock = threading.Lock()  # shards are written in several threads at once
+        self._texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            self._texts.append(record.getMessage())
+
+    def take(self) -> str:
+        """The warnings since the last call, each text once, one per line ("" for none)."""
+        with self._lock:
+            texts, self._texts = self._texts, []
+        return "\n".join(dict.fromkeys(texts))
 
 
 class TeacherActor:
@@ -37,6 +59,8 @@ class TeacherActor:
 
         from tinyllm_ray.teachers import kind_of
 
+        self.warnings = ActorWarnings()
+        logging.getLogger("tinyllm_ray").addHandler(self.warnings)  # this process is the actor's alone
         self.teacher = kind_of(teacher).build(teacher, model_path)
         # Kept as Arrow, read zero-copy from the object store (one copy per node); each problem slices out only its
         # demos' rows. As Python dicts the pool would cost several times its Arrow size in every actor.
@@ -54,7 +78,8 @@ class TeacherActor:
             stats = self.write_shard(self.passes[int(index)], ShardPlan(int(shard), int(offset), int(count)))
             for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
                                ("errors", stats["errors"]), ("generated_tokens", stats["generated_tokens"]),
-                               ("node", self.node_id), ("seconds", time.time() - start)):
+                               ("node", self.node_id), ("seconds", time.time() - start),
+                               ("warnings", self.warnings.take())):
                 summary[key].append(value)
         return summary
 
