@@ -4,13 +4,15 @@
 Two units appear atomically, each by one rename of a temporary folder beside it: the dataset folder with its
 problem files (and ``llm/`` when asked for at the same time), and ``llm/`` on its own when it is added to a
 folder fetched earlier. A folder already in place is checked, not downloaded again. A fetch killed midway leaves
-a hidden ``.<name>.partial-*`` folder, never a half-written dataset folder.
+a hidden ``.<name>.partial-<host>-<pid>-*`` folder, never a half-written dataset folder; the next fetch of that
+name on the same host removes the ones whose process is gone.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,11 +96,43 @@ def _check_existing(folder: Path, files: list[RemoteFile]) -> dict[str, int]:
     return rows
 
 
+_HOST = socket.gethostname().replace("-", "_")  # "-" separates the name's parts
+
+
+def _partial_prefix(target: Path) -> str:
+    return f".{target.name}.partial-"
+
+
+def remove_dead_partials(target: Path) -> list[Path]:
+    """Remove the temporary folders that killed fetches of ``target`` left on this host (their process is gone);
+    another host's, or a running fetch's, stay. Returns what was removed."""
+    removed = []
+    for folder in target.parent.glob(_partial_prefix(target) + "*"):
+        host, _, rest = folder.name[len(_partial_prefix(target)):].partition("-")
+        pid = rest.partition("-")[0]
+        if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _build_atomically(target: Path, build: Callable[[Path], list[str]]) -> list[str]:
     """Run ``build`` in a temporary folder beside ``target`` and rename it to ``target`` when it succeeds; on any
     failure remove the temporary folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+    remove_dead_partials(target)
+    tmp = target.parent / f"{_partial_prefix(target)}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
     try:
         paths = build(tmp)

@@ -279,3 +279,25 @@ def test_cli_errors_exit_2_with_one_message(served, tmp_path):
     missing = runner.invoke(app, ["data", "fetch", "riddle", "--to", str(tmp_path / "d"), "--base-url", served.url])
     assert missing.exit_code == 2 and "riddle_test.json: HTTP 404" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_a_killed_fetchs_temporary_folder_is_removed_by_the_next_fetch(served, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tinyllm_ray import fetch
+
+    out = tmp_path / "data"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # that process has ended, as a killed fetch's has
+    prefix = f".riddle.partial-{fetch._HOST}-"
+    left_by_killed = out / f"{prefix}{dead_pid}-0123456789ab"
+    running = out / f"{prefix}{os.getpid()}-0123456789ab"  # a fetch still running here
+    other_host = out / ".riddle.partial-elsewhere-1-0123456789ab"
+    for folder in (left_by_killed, running, other_host):
+        (folder / "half").mkdir(parents=True)
+    fetch_dataset("riddle", out, base_url=served.url, progress=False)
+    assert not left_by_killed.exists() and running.exists() and other_host.exists()
+    assert (out / "riddle").is_dir()
