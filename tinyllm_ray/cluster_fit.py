@@ -165,8 +165,9 @@ def actor_bundle(remote_args: Mapping[str, object]) -> dict[str, float]:
 def teacher_request(name: str, remote_args: Mapping[str, object]) -> Request:
     """One actor of teacher ``name``, as its kind asks Ray for it (``kind.remote_args``)."""
     return Request(f"teacher {name!r} (one actor)",
-                   f"teachers.{name}.resources (num_gpus_per_actor with engine.tensor_parallel_size, "
-                   "num_cpus_per_actor, accelerator_type, custom_resources)", (actor_bundle(remote_args),))
+                   f"teachers.{name}.resources (num_gpus_per_actor with engine.tensor_parallel_size and "
+                   "extra.pipeline_parallel_size, num_cpus_per_actor, accelerator_type, custom_resources)",
+                   (actor_bundle(remote_args),))
 
 
 def worker_resources(training: TrainingConfig) -> dict[str, float]:

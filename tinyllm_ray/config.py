@@ -227,7 +227,9 @@ class SweepConfig(Strict):
 
 class JobConfig(Strict):
     name: str = Field("tinyllm", pattern=NAME_PATTERN)
-    output_dir: str = "runs/tinyllm"
+    output_dir: str = Field("runs/tinyllm", description="A local path; on a cluster, storage every node mounts at "
+                            "the same path (NFS, EFS, a PVC). Object-store URLs (s3://, gs://) are refused: mount "
+                            "the bucket instead.")
     ray_address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start a local cluster.")
     ray_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs for a local cluster (oversubscribe small machines).")
     data: DataConfig = DataConfig()
@@ -238,6 +240,15 @@ class JobConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     metrics: MetricsConfig = MetricsConfig()
     sweep: SweepConfig = SweepConfig()
+
+    @field_validator("output_dir")
+    @classmethod
+    def _local_path(cls, value: str) -> str:
+        # Every stage writes with local file operations (atomic renames, Ray Train's storage_path as a folder)
+        if "://" in value:
+            raise ValueError(f"output_dir {value!r} is a URL: runs are written to a local path or to storage every "
+                             "node mounts at the same path (NFS, EFS, a PVC); mount an object store to use it")
+        return value
 
     @model_validator(mode="after")
     def _teacher_references(self) -> "JobConfig":

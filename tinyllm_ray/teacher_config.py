@@ -41,6 +41,14 @@ class EngineConfig(Strict):
                                              "auto: jemalloc on CPU (faster there, benchmarks/RESULTS.md), the "
                                              "system's on GPU.")
 
+    @property
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine spans: tensor parallel x pipeline parallel (``extra.pipeline_parallel_size``)."""
+        pipeline = self.extra.get("pipeline_parallel_size", 1)
+        if not isinstance(pipeline, int) or isinstance(pipeline, bool) or pipeline < 1:
+            raise ValueError(f"engine.extra.pipeline_parallel_size must be a whole number >= 1, not {pipeline!r}")
+        return self.tensor_parallel_size * pipeline
+
 
 def positive_resources(value: dict[str, float]) -> dict[str, float]:
     for name, amount in value.items():
@@ -66,7 +74,8 @@ class ResourceConfig(Strict):
         "engine's batch; on GPUs aim at vLLM's max_num_seqs (256, or 1024 on cards of 70 GB or more), or say "
         "'auto': as many shards as the started engine's max_num_seqs holds (teachers/feeding.py). An engine that "
         "the number cannot fill gets a warning. As many shards again wait queued at each actor.")
-    num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; tensor parallel size on GPU clusters.")
+    num_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor: on GPU clusters, the engine's "
+                                      "tensor_parallel_size x extra.pipeline_parallel_size.")
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     accelerator_type: str | None = Field(None, description="e.g. 'H100' to pin teacher actors to a node type.")
     custom_resources: CustomResources = Field(
@@ -107,13 +116,15 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _gpus_match_tensor_parallel(self) -> "TeacherConfig":
-        gpus, tp = self.resources.num_gpus_per_actor, self.engine.tensor_parallel_size
-        if gpus and gpus != tp:
-            raise ValueError(
-                f"resources.num_gpus_per_actor ({gpus}) must equal engine.tensor_parallel_size ({tp}): "
-                "each teacher actor holds one engine spanning its GPUs")
-        if not gpus and tp > 1:
-            raise ValueError("engine.tensor_parallel_size > 1 needs resources.num_gpus_per_actor set to the same value")
+        gpus, needed = self.resources.num_gpus_per_actor, self.engine.gpus_per_engine
+        spans = f"engine.tensor_parallel_size ({self.engine.tensor_parallel_size})"
+        if needed != self.engine.tensor_parallel_size:
+            spans += f" x engine.extra.pipeline_parallel_size ({needed // self.engine.tensor_parallel_size})"
+        if gpus and gpus != needed:
+            raise ValueError(f"resources.num_gpus_per_actor ({gpus}) must equal {spans} = {needed}: each teacher "
+                             "actor holds one engine spanning its GPUs")
+        if not gpus and needed > 1:
+            raise ValueError(f"{spans} needs resources.num_gpus_per_actor set to {needed}")
         return self
 
 

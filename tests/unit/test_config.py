@@ -216,6 +216,30 @@ def test_tensor_parallel_must_match_gpus(tmp_path):
     assert config.teachers[0].engine.tensor_parallel_size == 2
 
 
+def test_an_object_store_output_dir_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="mount an object store") as info:
+        load_raw(tmp_path, {**raw(), "output_dir": "s3://bucket/runs/tiny"})
+    assert "output_dir" in str(info.value)
+    assert load_raw(tmp_path, {**raw(), "output_dir": "/mnt/shared/runs/tiny"}).output_dir == "/mnt/shared/runs/tiny"
+
+
+def test_pipeline_parallel_counts_in_the_gpus_an_actor_needs(tmp_path):
+    payload = raw()
+    payload["teachers"][0]["engine"] = {"tensor_parallel_size": 2, "extra": {"pipeline_parallel_size": 2}}
+    payload["teachers"][0]["resources"] = {"num_gpus_per_actor": 2}
+    with pytest.raises(ConfigError, match=r"pipeline_parallel_size \(2\) = 4"):
+        load_raw(tmp_path, payload)
+    payload["teachers"][0]["resources"] = {"num_gpus_per_actor": 4}
+    assert load_raw(tmp_path, payload).teachers[0].engine.gpus_per_engine == 4
+    payload["teachers"][0]["engine"] = {"extra": {"pipeline_parallel_size": 2}}
+    payload["teachers"][0]["resources"] = {}
+    with pytest.raises(ConfigError, match="needs resources.num_gpus_per_actor set to 2"):
+        load_raw(tmp_path, payload)
+    payload["teachers"][0]["engine"] = {"extra": {"pipeline_parallel_size": "two"}}
+    with pytest.raises(ConfigError, match="whole number"):
+        load_raw(tmp_path, payload)
+
+
 # ---------------------------------------------------------------- helpers on the config
 
 def test_alpha_for_defaults_to_one(tmp_path):

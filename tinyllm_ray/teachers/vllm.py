@@ -46,8 +46,9 @@ def engine_kwargs(teacher: TeacherConfig, model_path: str) -> dict[str, Any]:
                   seed=teacher.sampling.seed or 0, **engine.extra)
     if teacher.resources.num_gpus_per_actor:
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-        if engine.tensor_parallel_size > 1:
-            kwargs["distributed_executor_backend"] = "mp"  # the actor already holds all its GPUs
+        if engine.gpus_per_engine > 1:
+            # the actor already holds all its GPUs: vLLM's own processes, not Ray actors (unless the job says)
+            kwargs.setdefault("distributed_executor_backend", "mp")
     if engine.kv_cache_memory_bytes:
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     return kwargs
