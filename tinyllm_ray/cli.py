@@ -219,7 +219,7 @@ def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifac
 
     from tinyllm_ray.errors import TinyLLMError
     from tinyllm_ray.summary import summarize
-    from tinyllm_ray.summary_table import summary_tables
+    from tinyllm_ray.summary_table import findings, summary_tables
 
     try:
         summary = summarize(path)
@@ -231,6 +231,8 @@ def inspect(path: Path = typer.Argument(..., help="An output_dir, or one artifac
     console = Console()
     for table in summary_tables(summary):
         console.print(table)
+    for finding in findings(summary):
+        console.print(f"warning: {finding}", markup=False, highlight=False)
 
 
 @app.command(help="Write RUN_DIR/report.html for a run or a sweep: charts, accuracy, teachers, example rationales."

@@ -21,7 +21,7 @@ from tinyllm_ray.generation_plan import (
     DEMO_POOL_ROLE, GenerationError, PassPlan, TeacherPass, answer_pass, collect_shard_stats, plan_pass,
     rationale_pass, reuse, teacher_fingerprint,
 )
-from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.layout import MANIFEST, RunLayout
 from tinyllm_ray.progress import ProgressDisplay, rate_text
 from tinyllm_ray.problems import load_frozen_problems, prepare_problems
 from tinyllm_ray.schemas import read_manifest, write_manifest
@@ -75,6 +75,8 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
                 continue  # e.g. an imported teacher: rationales only, nothing to score it on
             fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, teacher_pass.mode)
             manifest = reuse(teacher, teacher_pass, fingerprint)
+            if manifest and _damaged_shards(layout, teacher, teacher_pass, fingerprint):
+                manifest = None  # resumed like a partial pass: only the damaged shards are written again
             if manifest:
                 log.info("teacher %s: reusing %s (%d rows)", teacher.name, teacher_pass.out_dir(teacher.name),
                          manifest["counts"]["rows"])
@@ -113,6 +115,22 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
         raise GenerationError(f"{len(errors)} teacher(s) failed (finished ones and finished shards are kept; "
                               f"rerun to resume):\n{details}")
     return manifests
+
+
+def _damaged_shards(layout: RunLayout, teacher: TeacherConfig, teacher_pass: TeacherPass, fingerprint: str) -> bool:
+    """Check a finished pass's shards before reusing it; a damaged one is named, and the manifest removed so the
+    folder is a partial pass of the same settings (a stop before the rewrite still leaves it to be resumed)."""
+    if not RunLayout.progress_file(teacher_pass.out_dir(teacher.name)).is_file():
+        return False  # no shard layout recorded (written by hand or by an old version): nothing to check against
+    plan = plan_pass(layout, teacher, teacher_pass, fingerprint)
+    damaged = plan.unsound()
+    if not damaged:
+        return False
+    first, why = next(iter(damaged.items()))
+    log.warning("teacher %s: %d of %d shards in %s cannot be reused (%s: %s); writing those again",
+                teacher.name, len(damaged), len(plan.shards), plan.out_dir, plan.shard_path(first).name, why)
+    (plan.out_dir / MANIFEST).unlink(missing_ok=True)
+    return True
 
 
 # ---------------------------------------------------------------- one teacher's actor pool

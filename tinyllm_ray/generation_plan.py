@@ -22,7 +22,7 @@ from tinyllm_ray.artifacts import StaleArtifactError, reusable
 from tinyllm_ray.config import JobConfig, TeacherConfig, fingerprint_view, stable_hash
 from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.layout import RunLayout
-from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_footer, read_rows, read_table
+from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, read_footer, read_rows, read_table
 
 DEMO_POOL_ROLE = "train"  # teachers' in-context demonstrations come from the frozen train problems
 
@@ -129,10 +129,35 @@ class PassPlan:
         return RunLayout.shard_file(self.out_dir, shard)
 
     def pending(self) -> list[ShardPlan]:
-        """The shards to write: those not yet on disk (each is written atomically: a file that exists is complete)
-        and those written with failed rows, whose failed rows a rerun asks for again (:func:`kept_rows`)."""
-        return [s for s in self.shards
-                if not self.shard_path(s.shard).is_file() or has_failed_rows(self.shard_path(s.shard))]
+        """The shards to write: those not yet on disk (each is written atomically, so a missing file was never
+        finished), those damaged since (:meth:`unsound`), and those written with failed rows, whose failed rows a
+        rerun asks for again (:func:`kept_rows`)."""
+        unsound = self.unsound()
+        return [s for s in self.shards if not self.shard_path(s.shard).is_file() or s.shard in unsound
+                or has_failed_rows(self.shard_path(s.shard))]
+
+    def unsound(self) -> dict[int, str]:
+        """The shards on disk that cannot be used, with why: unreadable, or another row count than planned (a file
+        truncated, replaced or copied in by hand after it was written)."""
+        problems = {}
+        for s in self.shards:
+            path = self.shard_path(s.shard)
+            problem = shard_problem(path, s.rows) if path.is_file() else None
+            if problem:
+                problems[s.shard] = problem
+        return problems
+
+
+def shard_problem(shard_file: Path, rows: int | None = None) -> str | None:
+    """Why a written shard cannot be used (its Parquet footer does not read, or it holds other than ``rows``
+    rows), or None. Reads the footer only: cheap enough to check every shard of a reused teacher."""
+    import pyarrow.parquet as pq
+
+    try:
+        found = pq.read_metadata(shard_file).num_rows
+    except (pa.ArrowException, OSError) as err:
+        return f"not a readable Parquet file ({err})"
+    return None if rows is None or found == rows else f"{found} rows where its plan has {rows}"
 
 
 def has_failed_rows(shard_file: Path) -> bool:
@@ -153,7 +178,11 @@ def kept_rows(shard_file: Path) -> dict[str, dict[str, Any]]:
     a rerun keeps them and asks the teacher for the failed rows only."""
     if not shard_file.is_file():
         return {}
-    return {row["id"]: row for row in read_table(shard_file, RATIONALE_SCHEMA).to_pylist() if not row["error"]}
+    try:
+        table = read_table(shard_file, RATIONALE_SCHEMA)
+    except ArtifactError:
+        return {}  # damaged since it was written: the whole shard is asked for again
+    return {row["id"]: row for row in table.to_pylist() if not row["error"]}
 
 
 def merge_rows(problems: list[dict[str, Any]], kept: dict[str, dict[str, Any]],

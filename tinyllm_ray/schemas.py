@@ -134,6 +134,8 @@ def read_rows(path: str | Path, offset: int, count: int, schema: pa.Schema) -> p
 
 
 REWRITE_HINT = "rerun the stage that wrote it with --force (it was edited by hand or written by another version)"
+DAMAGED_HINT = ("rerun the stage that wrote it (`generate` writes a teacher's damaged shards again and keeps the "
+                "others; other stages need --force)")
 
 
 def _read_one(file: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
@@ -143,7 +145,7 @@ def _read_one(file: Path, schema: pa.Schema, columns: list[str] | None = None) -
             columns = [name for name in columns if name in present]
         table = pq.read_table(file, columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
-        raise ArtifactError(f"{file}: not a readable Parquet file ({err}); {REWRITE_HINT}") from err
+        raise ArtifactError(f"{file}: not a readable Parquet file ({err}); {DAMAGED_HINT}") from err
     try:
         return conform(table, schema, str(file))
     except ArtifactError as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table
 
@@ -12,8 +14,17 @@ QUALITY_COUNTS = ("empty", "degenerate", "truncated", "contradicting")
 
 
 def _teacher_summary(directory: Path) -> dict[str, Any]:
+    from tinyllm_ray.generation_plan import shard_problem
+
     manifest = read_manifest(directory)
-    table = read_table(directory, RATIONALE_SCHEMA, columns=["num_generated_tokens", "error"])
+    parts, damaged = [], []
+    for file in sorted(directory.glob("*.parquet")):
+        problem = shard_problem(file)
+        if problem:
+            damaged.append(f"{file.name}: {problem}")
+        else:
+            parts.append(read_table(file, RATIONALE_SCHEMA, columns=["num_generated_tokens", "error"]))
+    table = pa.concat_tables(parts) if parts else RATIONALE_SCHEMA.empty_table()
     tokens, errors = table.column("num_generated_tokens").to_pylist(), table.column("error").to_pylist()
     ok = [n for n, e in zip(tokens, errors) if not e]
     summary: dict[str, Any] = {
@@ -26,6 +37,11 @@ def _teacher_summary(directory: Path) -> dict[str, Any]:
         counts = manifest.get("counts", {})
         summary.update({k: counts[k] for k in QUALITY_COUNTS if k in counts})
         summary["model"] = manifest.get("teacher", {}).get("model")
+        if not damaged and counts.get("rows", len(tokens)) != len(tokens):
+            damaged.append(f"{len(tokens)} rows where the manifest counts {counts['rows']}")
+    if damaged:
+        summary["complete"] = False  # until `generate` has written the damaged shards again
+        summary["damaged"] = damaged
     return summary
 
 

@@ -57,3 +57,10 @@ def artifact_table(summary: Mapping[str, Mapping[str, Any]]) -> Table | None:
 
 def summary_tables(summary: Mapping[str, Mapping[str, Any]]) -> list[Table]:
     return [t for t in (artifact_table(summary), teacher_table(summary)) if t is not None]
+
+
+def findings(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What needs doing, a line each: today the damaged rationale files, which `generate` writes again."""
+    return [f"{name}: damaged, {what}; rerun the job's `tinyllm-ray generate` (or `run`): it writes those shards "
+            "again"
+            for name, info in summary.items() for what in info.get("damaged", [])]

@@ -196,7 +196,7 @@ CASES = [
     ("artifact-single-file-null", artifact(rationale_record(teacher=None), read_dir=False),
      ArtifactError, [r"tiny_a/shard-1\.parquet", r"column 'teacher' has null values"], r"rerun the stage .* --force"),
     ("artifact-not-parquet", artifact(raw=b"not parquet at all"), ArtifactError,
-     [r"tiny_a/shard-1\.parquet", r"not a readable Parquet file"], r"rerun the stage .* --force"),
+     [r"tiny_a/shard-1\.parquet", r"not a readable Parquet file"], r"rerun the stage that wrote it \(`generate`"),
 ]
 
 

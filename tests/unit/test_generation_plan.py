@@ -154,8 +154,32 @@ def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
     assert plan.out_dir == layout.teacher_dir("tiny_a") and plan.num_problems == 10
     assert [s.rows for s in plan.shards] == [4, 4, 2] and plan.pending() == list(plan.shards)
     assert plan.sampling["max_tokens"] == config.teachers[0].sampling.max_tokens
-    write_table(pa.Table.from_pylist([]), plan.shard_path(1))
+    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(1))
     resized = load_config("tiny", ["teachers.tiny_a.resources.shard_size=3"])
     again = plan_pass(layout, resized.teachers[0], rationale_pass(layout), "fp")
     assert again.shards == plan.shards and [s.shard for s in again.pending()] == [0, 2]
     assert plan.shard_path(1) == layout.teacher_dir("tiny_a") / "shard-000001.parquet"
+
+
+def test_a_damaged_shard_is_named_and_written_again(tmp_path):
+    from tinyllm_ray.generation_plan import kept_rows, plan_pass, rationale_pass
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.schemas import PROBLEM_SCHEMA, write_table
+
+    layout = RunLayout.of(str(tmp_path))
+    rows = [{"id": f"p{i}", "dataset": "demo", "split": "train", "question": "q?", "choices": ["a", "b"],
+             "answer_index": 0, "answer": "a", "context": None} for i in range(10)]
+    layout.problems.mkdir(parents=True)
+    write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), layout.problem_file("train"))
+    config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
+    plan = plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")  # shards of 4, 4 and 2
+    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(1))
+    assert plan.unsound() == {} and [s.shard for s in plan.pending()] == [0, 2]
+    write_table(pa.Table.from_pylist([{"id": "p8"}]), plan.shard_path(2))  # 1 row where the plan has 2
+    shard_1 = plan.shard_path(1)
+    shard_1.write_bytes(shard_1.read_bytes()[:40])  # truncated: no Parquet footer left
+    damaged = plan.unsound()
+    assert sorted(damaged) == [1, 2] and "not a readable Parquet file" in damaged[1]
+    assert damaged[2] == "1 rows where its plan has 2"
+    assert [s.shard for s in plan.pending()] == [0, 1, 2]
+    assert kept_rows(shard_1) == {}  # nothing of a damaged file is kept
