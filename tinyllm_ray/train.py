@@ -49,25 +49,17 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     ``loop`` is what every Ray Train worker runs with the run's spec (default: ``train_worker.default_loop``); one
     that reports no final export ends in a TrainingError once the workers are done.
     """
-    import numpy as np
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from tinyllm_ray.checkpoint_storage import take_export
-    from tinyllm_ray.cluster_fit import training_request, worker_resources
+    from tinyllm_ray.cluster_fit import training_request
     from tinyllm_ray.cluster_state import require_fit
     from tinyllm_ray.deepspeed_config import slow_setting_warnings
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
-    from tinyllm_ray.problems import load_frozen_problems
-    from tinyllm_ray.progress_channel import followed, shared_channel
-    from tinyllm_ray.runtime import allocator_env, connect
-    from tinyllm_ray.training_data import build_training_table, take_fraction
+    from tinyllm_ray.runtime import connect
+    from tinyllm_ray.training_stream import build_training_set
 
     layout = layout or RunLayout.of(config.output_dir)
-    problems = load_frozen_problems(layout, "train")
     teachers = config.distilled_teachers()
-    rationales = {t.name: load_rationales(layout, t.name) for t in teachers}
+    _require_inputs(layout, [t.name for t in teachers])
     fingerprint = student_fingerprint(
         config, {t.name: read_manifest(layout.teacher_dir(t.name))["fingerprint"] for t in teachers},
         read_manifest(layout.problems)["fingerprint"])
@@ -82,53 +74,28 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     if seq2seq is None:
         seq2seq = is_encoder_decoder(model_path)
     training = config.training
-    problems = take_fraction(problems, training.data_fraction, training.seed)
-    table, rationale_counts = build_training_table(problems, rationales, training.rationale_filter)
-    for name, counts in rationale_counts.items():
-        if counts["usable"] == 0:
-            log.warning("teacher %s: no usable rationale after training.rationale_filter (%s); only the answer "
-                        "task and the other teachers train", name, counts)
     for warning in slow_setting_warnings(training, seq2seq):
         log.warning(warning)
-    spec = worker_spec(config, layout, model_path, seq2seq, table.num_rows)
 
     connect(config)
     require_fit([training_request(training)])  # a placement group no node can hold would wait forever
-    resources = worker_resources(training)
     run_name = f"{config.name}-{fingerprint}"
     if force and (layout.train_storage / run_name).exists():
         # Same settings, but a retrain was asked for: Train V2 would otherwise resume (or reuse) the stored run.
         shutil.rmtree(layout.train_storage / run_name)
-    # Shuffled once here with a seeded permutation and ingested in order: every attempt of the run (after a worker
-    # failure, or a re-run after the driver died) streams the same rows to the same rank, so resuming can skip
-    # exactly the micro-batches a checkpoint already covers.
-    order = np.random.default_rng(training.seed).permutation(table.num_rows)
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
-    worker_env = allocator_env(training.allocator, training.use_gpu, auto_on_cpu="system")
-    channel = shared_channel()
-    trainer = TorchTrainer(
-        _run_loop,
-        # looked up at call time, so a patched train_loop_per_worker still runs (benchmarks, until they pass loop=)
-        train_loop_config={"loop": loop or train_loop_per_worker, "spec": spec, "progress": channel},
-        scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
-                                     resources_per_worker=resources, placement_strategy=training.placement_strategy),
-        datasets={"train": ray.data.from_arrow(table.take(order))},
-        dataset_config=DataConfig(execution_options=ingest),
-        run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),
-                             failure_config=FailureConfig(max_failures=training.max_failures),
-                             # resuming needs the latest registered checkpoint only (registered once every rank
-                             # reported it); kept runs also keep the last DeepSpeed state beside the final export
-                             checkpoint_config=CheckpointConfig(num_to_keep=2 if training.keep_checkpoints else 1),
-                             # DeveloperAPI in Ray 2.60; merged with the job's runtime env
-                             worker_runtime_env={"env_vars": worker_env}),
-    )
-    console().stage_started("train", f"{config.student.model}, {table.num_rows} problems x {len(spec.tasks)} tasks, "
-                                     f"{spec.total_optimizer_steps} steps, ZeRO-{training.resolved_zero_stage} x "
-                                     f"{training.num_workers}")
-    start = time.time()
-    with followed(channel, console().progress("train", spec.total_optimizer_steps, "steps"), _step_facts):
-        result = trainer.fit()
+    # Joined, filtered and shuffled in Ray Data tasks (the driver keeps file names and counts, never the split), in
+    # a seeded order of the ids, and ingested in order: every attempt of the run (after a worker failure, or a
+    # re-run after the driver died) streams the same rows to the same rank, so resuming can skip exactly the
+    # micro-batches a checkpoint already covers.
+    set_folder = layout.train_storage / f"{run_name}.training_set"
+    training_set = build_training_set(layout, [t.name for t in teachers], set_folder, training.data_fraction,
+                                      training.seed, training.rationale_filter)
+    try:
+        result, spec, start = _fit(config, layout, training_set, model_path, seq2seq, run_name, loop)
+    finally:  # derived from the inputs: a re-run builds the same set again
+        shutil.rmtree(set_folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only while empty
+            layout.train_storage.rmdir()
     if result.error:
         raise TrainingError(f"training failed: {result.error}")
     checkpoint, metrics = final_export(result)
@@ -141,7 +108,7 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     manifest = write_manifest(
         layout.student, fingerprint=fingerprint, model=config.student.model, model_path=model_path, seq2seq=seq2seq,
         teachers=[t.name for t in teachers], alpha={t.name: config.alpha_for(t.name) for t in teachers},
-        rationales=rationale_counts, training_problems=table.num_rows, optimizer_steps=metrics.get("step"),
+        rationales=training_set.counts, training_problems=training_set.rows, optimizer_steps=metrics.get("step"),
         train_tokens=metrics.get("train_tokens"), seconds=round(time.time() - start, 2),
         resumed_from_step=metrics.get("resumed_from_step"), worker_nodes=metrics.get("worker_nodes"),
         worker_allocator=metrics.get("worker_allocator"), deepspeed=spec.deepspeed,
@@ -156,6 +123,52 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
                                       + (f", loss {last['loss']:.3f} at step {last['step']}" if "loss" in last else "")
                                       + f" -> {layout.student}")
     return manifest
+
+
+def _fit(config: JobConfig, layout: RunLayout, training_set, model_path: str, seq2seq: bool, run_name: str,
+         loop: Callable[[WorkerSpec], None] | None):
+    """Ray Train workers fitting the student on the built set's stream: (the fit's result, the spec, its start)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tinyllm_ray.cluster_fit import worker_resources
+    from tinyllm_ray.progress_channel import followed, shared_channel
+    from tinyllm_ray.runtime import allocator_env
+    from tinyllm_ray.training_stream import training_dataset
+
+    training = config.training
+    for name, counts in training_set.counts.items():
+        if counts["usable"] == 0:
+            log.warning("teacher %s: no usable rationale after training.rationale_filter (%s); only the answer "
+                        "task and the other teachers train", name, counts)
+    spec = worker_spec(config, layout, model_path, seq2seq, training_set.rows)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    worker_env = allocator_env(training.allocator, training.use_gpu, auto_on_cpu="system")
+    channel = shared_channel()
+    trainer = TorchTrainer(
+        _run_loop,
+        # looked up at call time, so a patched train_loop_per_worker still runs (benchmarks, until they pass loop=)
+        train_loop_config={"loop": loop or train_loop_per_worker, "spec": spec, "progress": channel},
+        scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
+                                     resources_per_worker=worker_resources(training),
+                                     placement_strategy=training.placement_strategy),
+        datasets={"train": training_dataset(training_set)},
+        dataset_config=DataConfig(execution_options=ingest),
+        run_config=RunConfig(name=run_name, storage_path=str(layout.train_storage),
+                             failure_config=FailureConfig(max_failures=training.max_failures),
+                             # resuming needs the latest registered checkpoint only (registered once every rank
+                             # reported it); kept runs also keep the last DeepSpeed state beside the final export
+                             checkpoint_config=CheckpointConfig(num_to_keep=2 if training.keep_checkpoints else 1),
+                             # DeveloperAPI in Ray 2.60; merged with the job's runtime env
+                             worker_runtime_env={"env_vars": worker_env}),
+    )
+    console().stage_started("train", f"{config.student.model}, {training_set.rows} problems x {len(spec.tasks)} "
+                                     f"tasks, {spec.total_optimizer_steps} steps, ZeRO-{training.resolved_zero_stage}"
+                                     f" x {training.num_workers}")
+    start = time.time()
+    with followed(channel, console().progress("train", spec.total_optimizer_steps, "steps"), _step_facts):
+        return trainer.fit(), spec, start
 
 
 def _run_loop(config: dict[str, Any]) -> None:
@@ -175,8 +188,19 @@ def _step_facts(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
                                 "speed": rate_text(event.get("tokens_per_s", 0.0), 1.0, "tok")}
 
 
+def _require_inputs(layout: RunLayout, teachers: list[str]) -> None:
+    """The frozen problems and every distilled teacher's rationales are complete (their manifests exist)."""
+    if read_manifest(layout.problems) is None:
+        raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
+    for teacher in teachers:
+        if read_manifest(layout.teacher_dir(teacher)) is None:
+            raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at "
+                                f"{layout.teacher_dir(teacher)}: run `tinyllm-ray generate` first")
+
+
 def load_rationales(layout: RunLayout, teacher: str):
-    """The columns of a teacher's rationales that training reads (not the prompts, most of the bytes)."""
+    """The columns of a teacher's rationales that the whole-split join reads (not the prompts, most of the bytes):
+    what benchmarks/ and tests compare the streamed training set against."""
     from tinyllm_ray.training_data import RATIONALE_COLUMNS
 
     directory = layout.teacher_dir(teacher)

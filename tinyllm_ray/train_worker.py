@@ -7,9 +7,9 @@
   parameter shard, and its random state) into the checkpoint's folder in the run's storage and reports it under one
   folder name (:mod:`tinyllm_ray.checkpoint_storage`); Train V2 registers that ONE checkpoint once all ranks
   reported, so every shard is persisted (across nodes too, given storage every node sees). A failed worker group
-  restarts (``FailureConfig``) and the new workers resume: same shard order in every attempt (seeded permutation in
-  the driver, ``preserve_order`` ingest), so they skip exactly the micro-batches already trained on and the run
-  takes exactly the planned steps.
+  restarts (``FailureConfig``) and the new workers resume: same shard order in every attempt (a seeded order of
+  the ids, :mod:`tinyllm_ray.training_stream`, and ``preserve_order`` ingest), so they skip exactly the
+  micro-batches already trained on and the run takes exactly the planned steps.
 * :func:`export` reports rank 0's plain HF folder with ``final=True``: the run's result.
 
 ``ray.train.report`` is a barrier across ranks, so it is called only with a checkpoint or the export; per-step metrics

@@ -61,8 +61,7 @@ def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path,
     buckets = bucket_count(rows, bucket_rows)
     sources = [read_plan("problems", problem_files, scatter_rows)]
     sources += [read_plan(name, _rationale_files(layout, name), scatter_rows) for name in teachers]
-    items = [{**piece.as_item(), "index": index}
-             for index, pieces in enumerate(sources) for piece in pieces]
+    items = [{**piece.as_item(), "index": index} for index, pieces in enumerate(sources) for piece in pieces]
     if items:
         scatter = functools.partial(_scatter, scratch=str(scratch), buckets=buckets, problems=total,
                                     fraction=fraction, seed=seed)
@@ -138,12 +137,14 @@ def _narrow(schema: pa.Schema) -> pa.Schema:
 def _read(piece: ReadPiece, schema: pa.Schema) -> pa.Table:
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(piece.path)
-    table = file.read_row_groups(list(piece.row_groups), columns=schema.names)
-    try:
-        return conform(table, schema, piece.path)
-    except ArtifactError as err:
-        raise ArtifactError(f"{err}; {REWRITE_HINT}") from None
+    tables = [schema.empty_table()]
+    for path, groups in piece.parts:
+        table = pq.ParquetFile(path).read_row_groups(list(groups), columns=schema.names)
+        try:
+            tables.append(conform(table, schema, path))
+        except ArtifactError as err:
+            raise ArtifactError(f"{err}; {REWRITE_HINT}") from None
+    return pa.concat_tables(tables)
 
 
 def _scatter(item: Mapping[str, Any], scratch: str, buckets: int, problems: int, fraction: float,

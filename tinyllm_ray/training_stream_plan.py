@@ -10,6 +10,7 @@ driver died) streams the same rows in the same order, which resuming relies on.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,46 +71,56 @@ def kept_positions(problems: int, fraction: float, seed: int, start: int, count:
 
 @dataclass(frozen=True)
 class ReadPiece:
-    """Whole row groups of one Parquet file that one scatter task reads; ``start`` is the position of its first row
-    among all rows of the source (the files in name order, as :func:`schemas.read_table` concatenates them)."""
+    """Whole row groups of consecutive files of one source that one scatter task reads; ``start`` is the position
+    of its first row among all rows of the source (the files in name order, as :func:`schemas.read_table`
+    concatenates them)."""
 
     source: str  # "problems" or a teacher's name
-    path: str
-    row_groups: tuple[int, ...]
+    parts: tuple[tuple[str, tuple[int, ...]], ...]  # (file, its row groups), in order
     start: int
     rows: int
 
     def as_item(self) -> dict[str, Any]:
-        return {"source": self.source, "path": self.path, "row_groups": list(self.row_groups), "start": self.start,
-                "rows": self.rows}
+        """The piece as one JSON string: what a Ray Data row carries to the scatter task unchanged."""
+        return {"piece": json.dumps({"source": self.source, "parts": self.parts, "start": self.start,
+                                     "rows": self.rows})}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> "ReadPiece":
-        return cls(str(item["source"]), str(item["path"]), tuple(int(g) for g in item["row_groups"]),
-                   int(item["start"]), int(item["rows"]))
+        data = json.loads(item["piece"])
+        return cls(data["source"], tuple((str(path), tuple(int(g) for g in groups)) for path, groups in data["parts"]),
+                   int(data["start"]), int(data["rows"]))
 
 
 def read_plan(source: str, files: Sequence[tuple[str, Sequence[int]]], target_rows: int = SCATTER_ROWS
               ) -> list[ReadPiece]:
     """Split a source's files (each with its row groups' row counts, in order) into pieces of about
-    ``target_rows`` rows, whole row groups each, never across files."""
-    pieces, start = [], 0
+    ``target_rows`` rows, whole row groups each: many small files (generation's shards) share a piece, a large one
+    (an imported file) is split between pieces."""
+    pieces: list[ReadPiece] = []
+    parts: list[tuple[str, list[int]]] = []
+    start = piece_start = piece_rows = 0
     for path, groups in files:
-        current: list[int] = []
-        current_start, current_rows = start, 0
         for index, rows in enumerate(groups):
-            if current and current_rows + rows > target_rows:
-                pieces.append(ReadPiece(source, path, tuple(current), current_start, current_rows))
-                current, current_start, current_rows = [], start, 0
-            current.append(index)
-            current_rows += rows
+            if piece_rows and piece_rows + rows > target_rows:
+                pieces.append(_piece(source, parts, piece_start, piece_rows))
+                parts, piece_start, piece_rows = [], start, 0
+            if not parts or parts[-1][0] != path:
+                parts.append((path, []))
+            parts[-1][1].append(index)
+            piece_rows += rows
             start += rows
-        if current:
-            pieces.append(ReadPiece(source, path, tuple(current), current_start, current_rows))
+    if parts:
+        pieces.append(_piece(source, parts, piece_start, piece_rows))
     return pieces
 
 
-def merge_counts(parts: Iterable[Mapping[str, Mapping[str, int]]], teachers: Sequence[str]) -> dict[str, dict[str, int]]:
+def _piece(source: str, parts: list[tuple[str, list[int]]], start: int, rows: int) -> ReadPiece:
+    return ReadPiece(source, tuple((path, tuple(groups)) for path, groups in parts), start, rows)
+
+
+def merge_counts(parts: Iterable[Mapping[str, Mapping[str, int]]],
+                 teachers: Sequence[str]) -> dict[str, dict[str, int]]:
     """The per-teacher outcome counts of the whole set: the sum of every bucket's (counts are per problem)."""
     total = {name: dict.fromkeys(COUNT_KEYS, 0) for name in teachers}
     for part in parts:

@@ -41,11 +41,14 @@ def test_kept_positions_per_piece_are_take_fraction_of_the_whole_split(fraction)
 
 
 def test_read_plan_takes_whole_row_groups_and_counts_positions_across_files():
-    pieces = read_plan("a", [("f1", [3, 3, 3]), ("f2", [10]), ("f3", []), ("f4", [2, 2])], target_rows=6)
-    assert pieces == [ReadPiece("a", "f1", (0, 1), 0, 6), ReadPiece("a", "f1", (2,), 6, 3),
-                      ReadPiece("a", "f2", (0,), 9, 10), ReadPiece("a", "f4", (0, 1), 19, 4)]
+    pieces = read_plan("a", [("f1", [3, 3, 3]), ("f2", [10]), ("f3", []), ("f4", [2, 2]), ("f5", [1])],
+                       target_rows=6)
+    assert pieces == [ReadPiece("a", (("f1", (0, 1)),), 0, 6), ReadPiece("a", (("f1", (2,)),), 6, 3),
+                      ReadPiece("a", (("f2", (0,)),), 9, 10), ReadPiece("a", (("f4", (0, 1)), ("f5", (0,))), 19, 5)]
     assert all(ReadPiece.from_item(p.as_item()) == p for p in pieces)
-    assert read_plan("a", []) == []
+    assert read_plan("a", []) == [] and read_plan("a", [("f", [])]) == []
+    shards = read_plan("a", [(f"shard-{i}", [4]) for i in range(10)], target_rows=16)  # small files share a piece
+    assert [len(p.parts) for p in shards] == [4, 4, 2] and [p.start for p in shards] == [0, 16, 32]
 
 
 def test_merge_counts_sums_buckets_and_keeps_every_outcome():
