@@ -185,6 +185,11 @@ def training_request(training: TrainingConfig) -> Request:
                    strategy=training.placement_strategy)
 
 
+def trial_driver_request(resources: Mapping[str, float]) -> Request:
+    """A sweep trial's driver (one Tune trial), which holds ``resources`` while its run trains and scores."""
+    return Request("a sweep trial's driver (one Tune trial)", "sweep.trial_resources", (dict(resources),))
+
+
 def evaluation_request(training: TrainingConfig) -> Request:
     """The student's scoring task: one training worker's resources (see ``evaluate``)."""
     return Request("the student's evaluation (one task with a training worker's resources)",

@@ -223,6 +223,11 @@ class SweepConfig(Strict):
     baselines: bool = Field(True, description="Add answer-only fine-tuning and each teacher alone.")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Trials training at once (default: as many as the cluster's free CPUs/GPUs fit).")
+    trial_resources: CustomResources = Field(
+        default_factory=dict, json_schema_extra=OPERATIONAL,
+        description="Custom Ray resources each trial's driver (the Tune trial that waits on its Ray Train run) asks "
+        "for instead of a tenth of a CPU, e.g. {tinyllm_driver: 1}: a resource only the head or a CPU group "
+        "advertises keeps the drivers, and the autoscaler, off GPU nodes (cluster/). Empty: 0.1 CPU anywhere.")
 
 
 class JobConfig(Strict):

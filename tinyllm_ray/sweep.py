@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from tinyllm_ray import sweep_results
-from tinyllm_ray.config import JobConfig, TrainingConfig, config_to_yaml, stable_hash
+from tinyllm_ray.config import JobConfig, SweepConfig, TrainingConfig, config_to_yaml, stable_hash
 from tinyllm_ray.console import current as console
 from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.layout import MANIFEST, RunLayout
@@ -168,15 +168,16 @@ def teachers_needed(config: JobConfig, trials: Sequence[Trial]) -> list[str]:
 
 # ---------------------------------------------------------------- resources (pure)
 
-def trial_resources(training: TrainingConfig) -> dict[str, float]:
-    """What the Tune trial itself holds: a sliver of CPU for the driver function. Ray Train places the workers in
-    a placement group of its own, and evaluation runs after training has released them (see run_trial)."""
-    return {"CPU": DRIVER_CPUS}
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """What the Tune trial itself holds: ``sweep.trial_resources`` (a custom resource that keeps the driver off GPU
+    nodes), else a sliver of CPU. Ray Train places the workers in a placement group of its own, and evaluation runs
+    after training has released them (see run_trial)."""
+    return dict(sweep.trial_resources) or {"CPU": DRIVER_CPUS}
 
 
-def trial_need(training: TrainingConfig) -> dict[str, float]:
+def trial_need(training: TrainingConfig, sweep: SweepConfig) -> dict[str, float]:
     """Logical resources one trial holds while it trains: its driver plus its Ray Train workers."""
-    need = dict(trial_resources(training))
+    need = {"CPU": 0.0, **trial_resources(sweep)}
     need["CPU"] += training.num_workers * training.cpus_per_worker
     if training.use_gpu:
         need["GPU"] = float(training.num_workers)
@@ -185,12 +186,13 @@ def trial_need(training: TrainingConfig) -> dict[str, float]:
     return need
 
 
-def default_concurrency(cluster: Mapping[str, float], training: TrainingConfig,
+def default_concurrency(cluster: Mapping[str, float], training: TrainingConfig, sweep: SweepConfig,
                         reserved_cpus: float = RESERVED_CPUS) -> int:
     """Trials the cluster fits at once, keeping ``reserved_cpus`` free for Ray Data; never below 1."""
     available = {name: float(amount) for name, amount in cluster.items()}
     available["CPU"] = available.get("CPU", 0.0) - reserved_cpus
-    fits = [int(available.get(name, 0.0) // amount) for name, amount in trial_need(training).items() if amount > 0]
+    fits = [int(available.get(name, 0.0) // amount) for name, amount in trial_need(training, sweep).items()
+            if amount > 0]
     return max(1, min(fits, default=1))
 
 
@@ -261,7 +263,8 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from tinyllm_ray.cluster_state import require_job_fit
+    from tinyllm_ray.cluster_fit import trial_driver_request
+    from tinyllm_ray.cluster_state import require_fit, require_job_fit
     from tinyllm_ray.generate import generate
     from tinyllm_ray.models import resolve_model
 
@@ -280,8 +283,10 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     needed = teachers_needed(config, trials)
     # every trial trains with the job's resources: a misfit stops here, not in each trial after the generation
     require_job_fit(config, [t for t in config.teachers if t.name in needed], training=True)
+    require_fit([trial_driver_request(trial_resources(config.sweep))])
     generate(config, force=force, only=needed)
-    concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training)
+    concurrency = config.sweep.max_concurrent_trials or default_concurrency(ray.cluster_resources(), config.training,
+                                                                            config.sweep)
     log.info("sweep: %d trials, up to %d at once", len(trials), concurrency)
     console().stage_started("sweep", f"{len(trials)} trials, up to {concurrency} at once -> {layout.sweep}")
     display = console().progress("sweep", len(trials), "trials")
@@ -289,7 +294,7 @@ def run_sweep(config: JobConfig, force: bool = False) -> dict[str, Any]:
     trainable = tune.with_parameters(_tune_trial, job=config.model_dump(mode="json"),
                                      trials={t.name: asdict(t) for t in trials}, force=force)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, trial_resources(config.training)),
+        tune.with_resources(trainable, trial_resources(config.sweep)),
         param_space={"trial": tune.grid_search([t.name for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False,
                                     trial_dirname_creator=_trial_dirname),

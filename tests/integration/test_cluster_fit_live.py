@@ -19,12 +19,13 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def two_roles():
-    """Two nodes with different roles: the head as teacher node (2 CPUs, tinyllm_teacher) and a trainer node
-    (3 CPUs, tinyllm_trainer). Nothing runs on them: the checks read what they advertise."""
+    """Two nodes with different roles: the head as teacher node (2 CPUs, tinyllm_teacher, and tinyllm_driver for
+    sweep trials) and a trainer node (3 CPUs, tinyllm_trainer). The checks read what they advertise."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 2, "resources": {"tinyllm_teacher": 1}, "include_dashboard": False,
+                      head_node_args={"num_cpus": 2, "resources": {"tinyllm_teacher": 1, "tinyllm_driver": 2},
+                                      "include_dashboard": False,
                                       "object_store_memory": 200 * 2**20})
     cluster.add_node(num_cpus=3, resources={"tinyllm_trainer": 2}, object_store_memory=200 * 2**20)
     cluster.wait_for_nodes()
@@ -107,3 +108,42 @@ def test_requests_that_fit_the_roles_pass_and_autoscaler_node_types_count(two_ro
     trainer_gpus = {"name": "trainer-gpu", "resources": {"CPU": 8, "GPU": 2, "tinyllm_trainer": 2},
                     "min_count": 0, "max_count": 2}
     assert _check(two_roles, gpus, [trainer_gpus]) == {"fits": True}
+
+
+TRIAL = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray import tune
+    from tinyllm_ray.cluster_fit import trial_driver_request
+    from tinyllm_ray.cluster_state import ClusterFitError, require_fit
+    from tinyllm_ray.config import SweepConfig
+    from tinyllm_ray.sweep import trial_resources
+
+    ray.init(address=sys.argv[1])
+    asked = trial_resources(SweepConfig(trial_resources={"tinyllm_driver": 1}))
+    require_fit([trial_driver_request(asked)])
+    try:
+        require_fit([trial_driver_request({"tinyllm_drivr": 1})])
+        refused = None
+    except ClusterFitError as err:
+        refused = str(err)
+
+    def trial(params):
+        tune.report({"node": ray.get_runtime_context().get_node_id()})
+
+    grid = tune.Tuner(tune.with_resources(trial, asked), param_space={"x": tune.grid_search([1, 2])},
+                      run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0)).fit()
+    head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("tinyllm_driver"))
+    print(json.dumps({"asked": asked, "nodes": [r.metrics["node"] for r in grid], "head": head,
+                      "errors": [str(r.error) for r in grid if r.error], "refused": refused}))
+""")
+
+
+def test_sweep_trial_drivers_ask_only_for_their_resource_and_run_where_it_is(two_roles, tmp_path: Path):
+    result = subprocess.run([sys.executable, "-c", TRIAL, two_roles, str(tmp_path)], capture_output=True, text=True,
+                            timeout=5 * 60, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ran["asked"] == {"tinyllm_driver": 1.0} and ran["errors"] == []  # Tune takes a trial without CPU
+    assert ran["nodes"] == [ran["head"]] * 2  # the one node that advertises it, never the trainer node
+    assert "a sweep trial's driver (one Tune trial)" in ran["refused"] and "sweep.trial_resources" in ran["refused"]

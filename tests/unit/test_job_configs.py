@@ -28,7 +28,7 @@ LOCAL_JOBS = ("arc_fidelity",)  # experiments for the 2-core CPU machine, not cl
 JOB_FILES = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml" and p.stem not in LOCAL_JOBS)
 PAPER_ALPHAS = [0.01, 0.1, 0.5, 1.0, 2.0, 3.0]
 PAPER_STUDENTS = ["google/flan-t5-small", "google/flan-t5-base", "google/flan-t5-large"]
-TEACHER_ROLE, TRAINER_ROLE = "tinyllm_teacher", "tinyllm_trainer"
+TEACHER_ROLE, TRAINER_ROLE, DRIVER_ROLE = "tinyllm_teacher", "tinyllm_trainer", "tinyllm_driver"
 
 
 def test_every_expected_job_file_exists():
@@ -349,7 +349,9 @@ def test_gpu_groups_advertise_their_role_one_per_gpu(definition):
     assert set(groups) == {"head", "teachers", "trainers"}
     assert groups["teachers"]["custom"] == {TEACHER_ROLE: groups["teachers"]["gpus"]}
     assert groups["trainers"]["custom"] == {TRAINER_ROLE: groups["trainers"]["gpus"]}
-    assert groups["head"]["custom"] == {}, "nothing is scheduled on the head"
+    assert groups["head"]["custom"] == {DRIVER_ROLE: groups["head"]["custom"].get(DRIVER_ROLE, 0)} and \
+        groups["head"]["custom"][DRIVER_ROLE] >= 1, "the head advertises only the sweep trials' driver resource"
+    assert DRIVER_ROLE not in groups["teachers"]["custom"] and DRIVER_ROLE not in groups["trainers"]["custom"]
 
 
 @pytest.mark.parametrize("definition", CLUSTER_DEFINITIONS)
@@ -377,6 +379,11 @@ def test_job_custom_resources_are_advertised_by_the_right_group(path, definition
         assert trainers["custom"].get(name, 0) >= amount * workers_per_node, f"{name}: the run fits no trainer node"
         assert name not in teachers["custom"], f"{name} is also on teacher nodes"
     assert workers_per_node <= trainers["gpus"]
+    # a sweep trial's driver holds its resource for the whole trial: only the head may offer it
+    assert config.sweep.trial_resources, "no trial resource, so sweep trial drivers could hold GPU nodes"
+    for name, amount in config.sweep.trial_resources.items():
+        concurrent = config.sweep.max_concurrent_trials or 1
+        assert groups["head"]["custom"].get(name, 0) >= amount * concurrent, f"{name}: the trials fit no head"
 
 
 @pytest.mark.parametrize("definition", CLUSTER_DEFINITIONS)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyllm_ray.cli import app
-from tinyllm_ray.config import ConfigError, TrainingConfig, load_config
+from tinyllm_ray.config import ConfigError, SweepConfig, TrainingConfig, load_config
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.evaluate import summarise
 from tinyllm_ray.stats import PairedTable, newcombe_paired_interval, wilson_interval
@@ -148,12 +148,23 @@ def test_cli_bad_sweep_input_exits_2_before_anything_runs(tmp_path, args, messag
     ({"CPU": 128, "trainer": 4}, {"num_workers": 2, "custom_resources_per_worker": {"trainer": 1}}, 2),
 ])
 def test_default_concurrency(cluster, training, expected):
-    assert default_concurrency(cluster, TrainingConfig(**training)) == expected
+    assert default_concurrency(cluster, TrainingConfig(**training), SweepConfig()) == expected
 
 
 def test_a_trial_holds_its_driver_and_its_workers():
-    assert trial_resources(TrainingConfig(use_gpu=True)) == {"CPU": 0.1}
-    assert trial_need(TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)) == {"CPU": 6.1, "GPU": 3.0}
+    assert trial_resources(SweepConfig()) == {"CPU": 0.1}
+    training = TrainingConfig(num_workers=3, cpus_per_worker=2, use_gpu=True)
+    assert trial_need(training, SweepConfig()) == {"CPU": 6.1, "GPU": 3.0}
+
+
+def test_a_trial_driver_resource_replaces_its_cpu_and_bounds_concurrency():
+    on_head = SweepConfig(trial_resources={"tinyllm_driver": 1})
+    assert trial_resources(on_head) == {"tinyllm_driver": 1.0}  # no CPU: the head advertises none
+    training = TrainingConfig(num_workers=2, cpus_per_worker=2, custom_resources_per_worker={"trainer": 1})
+    assert trial_need(training, on_head) == {"CPU": 4.0, "tinyllm_driver": 1.0, "trainer": 2.0}
+    assert default_concurrency({"CPU": 100, "trainer": 8, "tinyllm_driver": 3}, training, on_head) == 3
+    with pytest.raises(ValueError, match="not a custom resource"):
+        SweepConfig(trial_resources={"CPU": 1})
 
 
 IDS = [f"q{i:02d}" for i in range(16)]
