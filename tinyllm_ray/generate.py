@@ -191,6 +191,8 @@ def _follow(summaries, teacher: str, progress: "PoolProgress", sinks: list, star
             counts[key] += int(summary[key])
         elapsed = max(time.time() - start, 1e-9)
         progress.shard_done(teacher, int(summary["rows"]), int(summary["generated_tokens"]))
+        log.info("teacher %s: shard %d written (%d rows in %.1f s), %.1f s after its pool started", teacher,
+                 int(summary["shard"]), int(summary["rows"]), float(summary["seconds"]), elapsed)
         for warning in str(summary.get("warnings") or "").splitlines():
             log.warning(warning)  # raised in an actor: on the driver it reaches the console (once) and the log
         sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
