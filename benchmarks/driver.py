@@ -1,6 +1,8 @@
-"""Section ``driver``: the driver's peak memory where it still holds a whole split, each step in a fresh interpreter:
+"""Section ``driver``: the driver's peak memory where it holds a whole split, each step in a fresh interpreter:
 validating 200,000 input problems (``prepare_problems``' work) and building their training table from two
-teachers' rationales (``train``'s work)."""
+teachers' rationales in one process (``build_training_table`` over the whole split: ``train``'s work until it built
+the set in Ray Data tasks, ``tinyllm_ray.training_stream``; the scale section measures that at 10,000 to 1,000,000
+problems)."""
 
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def _peak_rss(imports: str, work: str) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> "DriverResult":
-    """The driver's peak memory where it still holds a whole split: validating the input problems (`prepare_problems`)
-    and building the training table from two teachers' rationales (`train`), at 200,000 problems."""
+    """The driver's peak memory where it holds a whole split: validating the input problems (`prepare_problems`)
+    and building the training table from two teachers' rationales in one process, at 200,000 problems."""
     import pyarrow as pa
 
     from tinyllm_ray.layout import RunLayout

@@ -1,5 +1,7 @@
 """Section ``scale``: generation as the dataset grows (1x/10x/100x) and as teachers are added (parallel pools), the
-teacher actor's cost of picking demonstrations as the train split grows, and training with 1 vs 2 workers."""
+teacher actor's cost of picking demonstrations as the train split grows, training with 1 vs 2 workers, and the
+driver's peak memory while the training set is built and streamed at 10,000 / 100,000 / 1,000,000 synthetic problems
+(``python -m benchmarks.scale`` runs that part alone)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def run(ctx: Context) -> "ScaleResult":
                                 **rates(pipe["stage_seconds"], rows, prompt, gen, params, peak, cached),
                                 "memory": pipe["memory"]})
     out["demo_pool"] = [demo_pool_cost(base * repeat) for repeat in ((1, 10) if quick else (100, 1000, 10000))]
+    out["training_stream"] = training_stream_memory(tmp, quick)
     steps = 3 if quick else 20
     for workers in (1, 2):  # training.zero_stage auto: ZeRO-0 with one worker, ZeRO-2 with two
         config = gen_for_training("tiny", tmp, quick, {"num_workers": workers, "micro_batch_size": 2 if quick else 4,
@@ -62,6 +65,126 @@ def run(ctx: Context) -> "ScaleResult":
             "stage_seconds", "steady_tokens_per_s", "steady_step_s", "startup_to_first_step_s", "memory")},
             "ranks": result["ranks"]})
     return ScaleResult(SECTION, out)
+
+
+STREAM_SIZES = (10_000, 100_000, 1_000_000)
+STREAM_SIZES_QUICK = (2_000, 20_000)
+
+# What train() does before TorchTrainer.fit (a local cluster as runtime.connect starts it, the set built and
+# streamed), in a fresh interpreter whose peak RSS is the driver's; a task stands in for the Train worker draining its
+# shard, so the rows never pass through the driver.
+_STREAM_WORK = """
+import os, ray
+from pathlib import Path
+from ray.data import DataContext
+from tinyllm_ray.config import RationaleFilter
+from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.training_stream import build_training_set, training_dataset
+ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False)
+context = DataContext.get_current()
+context.use_datasource_v2, context.enable_progress_bars = False, False
+context.execution_options.preserve_order = True
+after_init = status("VmRSS")
+@ray.remote
+def drain(shard):
+    return sum(len(b["id"]) for b in shard.iter_batches(batch_size=256, batch_format="numpy"))
+t_build = time.time()
+built = build_training_set(RunLayout.of({root!r}), ["t1", "t2"], Path({root!r}) / "set", 1.0, 0, RationaleFilter())
+build_s = time.time() - t_build
+shard = training_dataset(built).streaming_split(1, equal=True)[0]
+rows = ray.get(drain.remote(shard))
+assert rows == built.rows, (rows, built.rows)
+print(json.dumps({{"rss_after_ray_init_mb": round(after_init / 1024), "build_s": round(build_s, 1),
+                  "usable_t1": built.counts["t1"]["usable"]}}))
+ray.shutdown()
+"""
+
+
+# What train() did before (same inputs, fresh interpreter): the whole split joined in the driver, then shuffled.
+_WHOLE_SPLIT_WORK = """
+import numpy as np
+from tinyllm_ray.config import RationaleFilter
+from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.problems import load_frozen_problems
+from tinyllm_ray.train import load_rationales
+from tinyllm_ray.training_data import build_training_table
+layout = RunLayout.of({root!r})
+table, counts = build_training_table(load_frozen_problems(layout, "train"),
+                                     {{t: load_rationales(layout, t) for t in ("t1", "t2")}}, RationaleFilter())
+table = table.take(np.random.default_rng(0).permutation(table.num_rows))
+rows = table.num_rows
+"""
+
+
+def training_stream_memory(tmp, quick: bool, whole_split: bool = False) -> list[dict[str, Any]]:
+    """The driver's peak RSS while ``training_stream`` builds and streams the training set of two teachers, at each
+    size: it should stay flat (synthetic rationale files written directly, no generation). ``whole_split`` also
+    measures the whole-split join in one process on the same inputs (what ``train`` did before)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from benchmarks.common import REPO
+    from benchmarks.driver import _PEAK
+
+    out = []
+    for size in (STREAM_SIZES_QUICK if quick else STREAM_SIZES):
+        root = tmp / f"scale_stream_{size}"
+        inputs_s = write_stream_inputs(root, size)
+        print(f"[bench] scale: driver memory streaming {size} problems x 2 teachers", flush=True)
+        code = _PEAK.format(repo=str(REPO), imports="", work=_STREAM_WORK.format(root=str(root)))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        lines = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+        out.append({"problems": size, "write_inputs_s": inputs_s, **lines[0], **lines[-1]})
+        if whole_split:
+            print(f"[bench] scale: driver memory joining {size} problems x 2 teachers in one process", flush=True)
+            code = _PEAK.format(repo=str(REPO), imports="", work=_WHOLE_SPLIT_WORK.format(root=str(root)))
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            out[-1]["whole_split"] = json.loads(done.stdout.strip().splitlines()[-1])
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def write_stream_inputs(root, size: int) -> float:
+    """Frozen problems (row groups of 1,024) and two teachers' rationale shards of 1,024 rows (prompts of a realistic
+    length, ~1,500 chars) for ``size`` synthetic problems; returns the seconds it took."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tinyllm_ray.layout import RunLayout
+    from tinyllm_ray.problems import PROBLEM_ROW_GROUP
+    from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, write_manifest
+
+    t = time.perf_counter()
+    layout = RunLayout.of(str(root))
+    layout.problems.mkdir(parents=True, exist_ok=True)
+    demo = demo_train_rows()
+    block = pa.Table.from_pylist([{**row, "dataset": "demo", "split": "train", "context": None,
+                                   "answer_index": row["choices"].index(row["answer"])}
+                                  for row in (demo[i % len(demo)] for i in range(PROBLEM_ROW_GROUP))],
+                                 schema=PROBLEM_SCHEMA)
+    prompt, rationale = "Question: ... " * 110, "Because the answer follows from the question. " * 6
+    shard = pa.Table.from_pylist([{"id": "", "dataset": "demo", "teacher": "t", "model": "m", "prompt": prompt,
+                                   "rationale": rationale, "num_prompt_tokens": 300, "num_generated_tokens": 60,
+                                   "finish_reason": "stop", "sampling_params": "{}", "error": None}
+                                  for _ in range(PROBLEM_ROW_GROUP)], schema=RATIONALE_SCHEMA)
+    for teacher in ("t1", "t2"):
+        layout.teacher_dir(teacher).mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(layout.problem_file("train"), PROBLEM_SCHEMA) as writer:
+        for start in range(0, size, PROBLEM_ROW_GROUP):
+            count = min(PROBLEM_ROW_GROUP, size - start)
+            ids = pa.array([f"s{i}" for i in range(start, start + count)], pa.string())
+            writer.write_table(block.slice(0, count).set_column(0, PROBLEM_SCHEMA.field("id"), ids),
+                               row_group_size=PROBLEM_ROW_GROUP)
+            for teacher in ("t1", "t2"):
+                rows = shard.slice(0, count).set_column(0, RATIONALE_SCHEMA.field("id"), ids)
+                rows = rows.set_column(2, RATIONALE_SCHEMA.field("teacher"), pa.array([teacher] * count, pa.string()))
+                pq.write_table(rows, layout.teacher_dir(teacher) / f"shard-{start // PROBLEM_ROW_GROUP:06d}.parquet")
+    write_manifest(layout.problems, fingerprint="bench")
+    for teacher in ("t1", "t2"):
+        write_manifest(layout.teacher_dir(teacher), rows=size)
+    return round(time.perf_counter() - t, 1)
 
 
 def demo_pool_cost(size: int, shards: int = 50) -> dict[str, Any]:
@@ -101,9 +224,34 @@ class ScaleResult(SectionResult):
             rows.append(("scale demo pool", f"train split of {r['pool']} problems", "", "", "", "",
                          f"{r['ms_per_shard_of_16']} ms per shard of 16 to pick the demos; "
                          f"pool {r['arrow_mb']} MB Arrow"))
+        for r in s.get("training_stream", []):
+            rows.append(("scale driver memory", f"training set of {r['problems']} problems x 2 teachers",
+                         fmt(r["seconds"], 2), "", "", "",
+                         f"driver peak RSS {r['peak_rss_mb']} MB (after ray.init {r['rss_after_ray_init_mb']} MB; "
+                         f"build {r['build_s']} s)"))
+            if "whole_split" in r:
+                rows.append(("scale driver memory", f"whole-split join of {r['problems']} problems x 2 teachers",
+                             fmt(r["whole_split"]["seconds"], 2), "", "", "",
+                             f"driver peak RSS {r['whole_split']['peak_rss_mb']} MB"))
         for r in s.get("train_workers", []):
             rows.append(("scale train", f"{r['workers']} worker(s), ZeRO-{r.get('zero_stage')}",
                          fmt(r["stage_seconds"], 2), fmt(r.get("steady_tokens_per_s")) + " train tok/s", "", "",
                          f"step {r.get('steady_step_s')} s, first step after {r.get('startup_to_first_step_s')} s, "
                          f"ray workers {r['memory']['ray_workers_total_rss_mb']} MB"))
         return rows
+
+
+if __name__ == "__main__":
+    # the training-stream memory part alone: python -m benchmarks.scale [--quick] [--whole-split] [SIZE ...]
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    flags = {"--quick", "--whole-split"}
+    args = [a for a in sys.argv[1:] if a not in flags]
+    if args:
+        STREAM_SIZES = STREAM_SIZES_QUICK = tuple(int(a) for a in args)
+    with tempfile.TemporaryDirectory(prefix="tinyllm-scale-") as folder:
+        for result in training_stream_memory(Path(folder), "--quick" in sys.argv, "--whole-split" in sys.argv):
+            print(json.dumps(result), flush=True)

@@ -13,6 +13,7 @@ the pure join keeps one row per id.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -65,11 +66,13 @@ def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path,
     if items:
         scatter = functools.partial(_scatter, scratch=str(scratch), buckets=buckets, problems=total,
                                     fraction=fraction, seed=seed)
-        ray.data.from_items(items, override_num_blocks=len(items)).map(scatter).materialize()
+        with _bad_artifacts_named():
+            ray.data.from_items(items, override_num_blocks=len(items)).map(scatter).materialize()
     join = functools.partial(_join, scratch=str(scratch), folder=str(folder), teachers=list(teachers),
                              rationale_filter=rationale_filter)
     summary = ray.data.from_items([{"bucket": b} for b in range(buckets)], override_num_blocks=buckets).map(join)
-    done = sorted(summary.take_all(), key=lambda row: row["bucket"])
+    with _bad_artifacts_named():
+        done = sorted(summary.take_all(), key=lambda row: row["bucket"])
     shutil.rmtree(scratch, ignore_errors=True)
     built = sum(int(row["rows"]) for row in done)
     if built != rows:  # every kept problem is one row: anything else is a bug, not bad data
@@ -87,6 +90,28 @@ def training_dataset(training_set: TrainingSet):
     if not training_set.files:
         return ray.data.from_arrow(schema.empty_table())
     return ray.data.read_parquet(list(training_set.files), schema=schema, shuffle=None)
+
+
+@contextlib.contextmanager
+def _bad_artifacts_named():
+    """A task's ArtifactError (a null where the schema forbids one) raised in the driver as itself: Ray Data wraps a
+    failed task in its own exceptions, which the CLI would show as a traceback."""
+    try:
+        yield
+    except Exception as err:
+        cause = _artifact_cause(err)
+        if cause is None:
+            raise
+        raise ArtifactError(cause) from None
+
+
+def _artifact_cause(err: BaseException) -> str | None:
+    """The message of the ArtifactError a task raised. Ray Data's UserCodeException keeps no cause once it crossed
+    processes, only the task's traceback text, whose line ``...ArtifactError: <message>`` carries it."""
+    import re
+
+    found = re.search(r"(?m)^\S*ArtifactError: (.+)$", str(err))
+    return found.group(1).strip() if found else None
 
 
 # ---------------------------------------------------------------- what the driver reads: file footers only

@@ -128,3 +128,22 @@ def test_answer_only_and_missing_rationales(ray_cluster, layout, tmp_path):
     assert _streamed(built).column_names == ["id", "input", "answer"]
     with pytest.raises(ArtifactError, match="rationales for teacher 'nobody' are missing"):
         build_training_set(layout, ["nobody"], tmp_path / "nobody")
+
+
+def test_a_bad_rationale_file_is_named(ray_cluster, layout, tmp_path):
+    """Column types are checked from the footers in the driver; nulls where the rows are read, in a task."""
+    import shutil
+
+    bad = RunLayout.of(str(tmp_path / "bad"))
+    shutil.copytree(layout.problems, bad.problems)
+    folder = bad.teacher_dir("a")
+    folder.mkdir(parents=True)
+    write_manifest(folder, rows=1)
+    rows = [_rationale("a", 0, "fine"), {**_rationale("a", 1, "fine"), "id": None}]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "shard-000000.parquet")
+    with pytest.raises(ArtifactError, match=r"shard-000000\.parquet: column 'id' has null values"):
+        build_training_set(bad, ["a"], tmp_path / "set")
+    pq.write_table(pa.table({"id": ["p000"], "rationale": [["not", "text"]], "error": [None], "finish_reason": ["stop"]}),
+                   folder / "shard-000000.parquet")
+    with pytest.raises(ArtifactError, match=r"shard-000000\.parquet: columns do not match the expected schema"):
+        build_training_set(bad, ["a"], tmp_path / "set")

@@ -57,3 +57,14 @@ def test_merge_counts_sums_buckets_and_keeps_every_outcome():
     total = merge_counts([one, {}, two], ["a", "b"])
     assert total["a"]["usable"] == 3 and total["a"]["missing"] == 1 and total["a"]["failed"] == 4
     assert set(total["a"]) == set(COUNT_KEYS) and set(total["b"].values()) == {0}
+
+
+def test_a_task_artifact_error_is_found_in_ray_data_text():
+    """Ray Data's UserCodeException keeps a failed task's error as traceback text only."""
+    from tinyllm_ray.training_stream import _artifact_cause
+
+    text = ("ray::Map(_scatter)() (pid=1)\n  File \"x.py\", line 1, in _read\n"
+            "\x1b[36mtinyllm_ray.schemas.ArtifactError: /d/shard-0.parquet: column 'id' has null values; rerun\n\n"
+            "The above exception was the direct cause of the following exception:\n")
+    assert _artifact_cause(RuntimeError(text)) == "/d/shard-0.parquet: column 'id' has null values; rerun"
+    assert _artifact_cause(RuntimeError("ValueError: something else")) is None
