@@ -1,7 +1,8 @@
 """Section ``gen``: teacher generation, per model. (a) the real ``generate`` stage (Ray Data + vLLM actor), (b) the
-same engine args / prompts / SamplingParams on a bare in-process ``vllm.LLM``, (c) a plain transformers batched
-``generate`` loop; in a full run also (a) again after (b) and (c), with one engine thread fewer than cores, and with
-``prompts.demo_sampler: fixed``. See README.md for what each variant holds fixed."""
+same engine args / prompts / SamplingParams on a bare in-process ``vllm.LLM``, (b') through ``ray.data.llm``'s vLLM
+processor (what a Ray user would pick instead), (c) a plain transformers batched ``generate`` loop; in a full run
+also (a) again after (b) and (c), with one engine thread fewer than cores, and with ``prompts.demo_sampler:
+fixed``. See README.md for what each variant holds fixed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import Context, Row, SectionResult, fmt, gen_row, model_params, rates
-from benchmarks.gen_baselines import run_bare_vllm, run_hf
+from benchmarks.gen_baselines import run_bare_vllm, run_hf, run_ray_data_llm
 from benchmarks.jobs import ensure_ray, gen_data, job_config, teacher_spec
 from benchmarks.stages import run_pipeline
 
@@ -82,6 +83,17 @@ def run(ctx: Context, model_key: str) -> "GenResult":
     pipeline_text = texts_written(config)
     same = sum(pipeline_text.get(i) == text for i, text in bare["texts"].items())
     out["bare_vllm"]["identical_to_pipeline"] = f"{same}/{len(bare['texts'])}"
+    print(f"[bench] gen {model_key}: ray.data.llm", flush=True)
+    rdl = run_ray_data_llm(config, teacher, model_path)
+    same = sum(pipeline_text.get(i) == text for i, text in rdl["texts"].items())
+    out["ray_data_llm"] = {"first_result_seconds": rdl["first_result_seconds"], "batch_size": rdl["batch_size"],
+                           **rates(rdl["seconds"], rdl["problems"], rdl["prompt_tokens"], rdl["generated_tokens"],
+                                   params, peak),
+                           "identical_to_pipeline": f"{same}/{len(rdl['texts'])}"}
+    if "steady" in rdl:
+        s = rdl["steady"]
+        out["ray_data_llm"]["steady"] = rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
+                                              params, peak)
     out["transformers"] = transformers(config, pipeline_text)
     if not quick:
         # the pipeline again after the bare engine and transformers: the comparison is bracketed against this VM's
@@ -145,6 +157,13 @@ class GenResult(SectionResult):
                 rows.append(gen_row(bench, f"bare vLLM (batches of {b[label]['batch_size']}, 2..n)",
                                     b[f"{label}_steady"], ""))
         rows.append(gen_row(bench, "bare vLLM (one call)", b["one_call"], "all prompts at once"))
+        r = g.get("ray_data_llm")
+        if r:
+            rows.append(gen_row(bench, "ray.data.llm vLLM processor", r,
+                                f"first result {r['first_result_seconds']} s, batch {r['batch_size']}, "
+                                f"same text {r['identical_to_pipeline']}"))
+            if "steady" in r:
+                rows.append(gen_row(bench, "ray.data.llm steady", r["steady"], "after its first result"))
         h = g["transformers"]
         rows.append(gen_row(bench, "transformers generate", h, f"subset {h['subset']}, batch {h['batch_size']}, "
                             f"same text {h['identical_to_pipeline']}"))
@@ -161,6 +180,14 @@ class GenResult(SectionResult):
                      f"pipeline steady / bare steady (batches of {b[reference]['batch_size']}) = "
                      f"{_ratio(steady, bare_steady)}; "
                      f"stage / bare(shard) = {_ratio(stage, b['shard_batches']['gen_tokens_per_s'])}"))
+        if r:
+            both_steady = "steady" in p and "steady" in r
+            rows.append((bench, "ratios, ray.data.llm", "", "", "", "",
+                         f"pipeline stage / ray.data.llm = {_ratio(stage, r['gen_tokens_per_s'])}x; "
+                         + (f"pipeline steady / ray.data.llm steady = "
+                            f"{_ratio(steady, r['steady']['gen_tokens_per_s'])}x; " if both_steady else "")
+                         + f"first result: pipeline {fmt(p.get('first_shard_after_s'), 1)} s, ray.data.llm "
+                         f"{r['first_result_seconds']} s"))
         fixed = g.get("fixed_demos")
         if fixed:
             fp, fh = fixed["pipeline"], fixed["transformers"]

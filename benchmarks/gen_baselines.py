@@ -1,5 +1,6 @@
-"""The gen section's baselines: the teacher's prompts on a bare in-process ``vllm.LLM`` and in a plain transformers
-``generate`` loop, with the same engine args, sampling and stop string as the pipeline's teacher actor."""
+"""The gen section's baselines: the teacher's prompts on a bare in-process ``vllm.LLM``, through ``ray.data.llm``'s
+vLLM processor, and in a plain transformers ``generate`` loop, with the same engine args, sampling and stop string
+as the pipeline's teacher actor."""
 
 from __future__ import annotations
 
@@ -122,3 +123,47 @@ def run_hf(config, teacher, model_path: str, subset: int, batch_size: int) -> di
             "generated_tokens": gen_tokens, "texts": dict(zip(ids, texts))}
 
 
+
+
+def run_ray_data_llm(config, teacher, model_path: str) -> dict[str, Any]:
+    """What a Ray user would pick instead of the pipeline: ``ray.data.llm``'s vLLM processor with its defaults, on
+    the same prompts, engine args and SamplingParams (the pipeline's rendering is the input; its chat-template
+    stage is off, the prompts already hold the template). The processor's own actor is started by the call, as the
+    pipeline's are: time to the first result counts it; steady state is after the first result."""
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from transformers import AutoTokenizer
+
+    from tinyllm_ray.generation_plan import sampling_dict
+    from tinyllm_ray.teachers.vllm import engine_kwargs
+
+    sampling = sampling_dict(teacher, "rationale")
+    kwargs = {k: v for k, v in engine_kwargs(teacher, model_path).items() if k != "model"}
+    ids, prompts_ = render_prompts(config, teacher, AutoTokenizer.from_pretrained(model_path))
+    processor = build_processor(
+        vLLMEngineProcessorConfig(model_source=model_path, engine_kwargs=kwargs, concurrency=1,
+                                  batch_size=teacher.resources.shard_size, chat_template_stage=False,
+                                  # its default bundle is one GPU; the pipeline's actor holds this many CPUs
+                                  placement_group_config={"bundles": [{"CPU": teacher.resources.num_cpus_per_actor}]}),
+        preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": sampling},
+        postprocess=lambda row: {"id": row["id"], "text": row["generated_text"],
+                                 "prompt_tokens": row["num_input_tokens"],
+                                 "generated_tokens": row["num_generated_tokens"]})
+    t = time.time()
+    first_s, first_rows, rows = None, 0, []
+    for batch in processor(ray.data.from_items([{"id": i, "prompt": p} for i, p in zip(ids, prompts_)])).iter_batches(
+            batch_size=None, batch_format="pandas"):
+        if first_s is None:
+            first_s, first_rows = time.time() - t, len(batch)
+        rows += batch.to_dict("records")
+    seconds = time.time() - t
+    rest = rows[first_rows:]
+    out = {"first_result_seconds": round(first_s or seconds, 2), "seconds": seconds, "problems": len(rows),
+           "prompt_tokens": sum(int(r["prompt_tokens"]) for r in rows),
+           "generated_tokens": sum(int(r["generated_tokens"]) for r in rows),
+           "batch_size": teacher.resources.shard_size, "texts": {r["id"]: str(r["text"]).strip() for r in rows}}
+    if len(rest) >= 2 * teacher.resources.shard_size:  # a steady window needs results after the first few
+        out["steady"] = {"seconds": seconds - first_s, "problems": len(rest),
+                         "prompt_tokens": sum(int(r["prompt_tokens"]) for r in rest),
+                         "generated_tokens": sum(int(r["generated_tokens"]) for r in rest)}
+    return out
