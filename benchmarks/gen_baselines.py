@@ -140,11 +140,14 @@ def run_ray_data_llm(config, teacher, model_path: str) -> dict[str, Any]:
     sampling = sampling_dict(teacher, "rationale")
     kwargs = {k: v for k, v in engine_kwargs(teacher, model_path).items() if k != "model"}
     ids, prompts_ = render_prompts(config, teacher, AutoTokenizer.from_pretrained(model_path))
+    # what the pipeline's actor holds (the processor's default bundle is one GPU and one CPU)
+    bundle = {"CPU": teacher.resources.num_cpus_per_actor}
+    if teacher.resources.num_gpus_per_actor:
+        bundle["GPU"] = teacher.resources.num_gpus_per_actor
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=model_path, engine_kwargs=kwargs, concurrency=1,
                                   batch_size=teacher.resources.shard_size, chat_template_stage=False,
-                                  # its default bundle is one GPU; the pipeline's actor holds this many CPUs
-                                  placement_group_config={"bundles": [{"CPU": teacher.resources.num_cpus_per_actor}]}),
+                                  placement_group_config={"bundles": [bundle]}),
         preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": sampling},
         postprocess=lambda row: {"id": row["id"], "text": row["generated_text"],
                                  "prompt_tokens": row["num_input_tokens"],

@@ -49,8 +49,9 @@ class Console:
         """In a terminal, a long line folds between words under its text (the terminal would cut words in two);
         elsewhere (``ray job logs``, a pipe) it stays one line, so each stage event is one line to grep."""
         if self.live:
-            text = textwrap.fill(text, width=_columns(self.stream), subsequent_indent=" " * indent,
-                                 break_long_words=False, break_on_hyphens=False)
+            width = _columns(self.stream)
+            text = "\n".join(textwrap.fill(line, width=width, subsequent_indent=" " * indent, break_long_words=False,
+                                            break_on_hyphens=False) for line in text.splitlines())
         self.say(text)
 
     def _stage_line(self, stage: str, event: str, what: str) -> None:

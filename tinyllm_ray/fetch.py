@@ -4,15 +4,15 @@
 Two units appear atomically, each by one rename of a temporary folder beside it: the dataset folder with its
 problem files (and ``llm/`` when asked for at the same time), and ``llm/`` on its own when it is added to a
 folder fetched earlier. A folder already in place is checked, not downloaded again. A fetch killed midway leaves
-a hidden ``.<name>.partial-<host>-<pid>-*`` folder, never a half-written dataset folder; the next fetch of that
-name on the same host removes the ones whose process is gone.
+a hidden ``.<name>.partial-*`` folder, never a half-written dataset folder; the next fetch of that name removes
+it (its lock file is free once the process is gone).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,35 +96,32 @@ def _check_existing(folder: Path, files: list[RemoteFile]) -> dict[str, int]:
     return rows
 
 
-_HOST = socket.gethostname().replace("-", "_")  # "-" separates the name's parts
-
-
 def _partial_prefix(target: Path) -> str:
     return f".{target.name}.partial-"
 
 
+def _lock_of(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".lock")
+
+
 def remove_dead_partials(target: Path) -> list[Path]:
-    """Remove the temporary folders that killed fetches of ``target`` left on this host (their process is gone);
-    another host's, or a running fetch's, stay. Returns what was removed."""
+    """Remove the temporary folders that killed fetches of ``target`` left. A fetch holds an exclusive lock on its
+    folder's ``.lock`` file while it runs (the kernel drops it when the process dies), so a folder whose lock can
+    be taken is a dead fetch's; a running fetch's, or one without a lock file, stays. Returns what was removed."""
     removed = []
     for folder in target.parent.glob(_partial_prefix(target) + "*"):
-        host, _, rest = folder.name[len(_partial_prefix(target)):].partition("-")
-        pid = rest.partition("-")[0]
-        if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+        lock_path = _lock_of(folder)
+        if not folder.is_dir() or not lock_path.is_file():
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            with open(lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+                shutil.rmtree(folder, ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+        except OSError:  # held by a running fetch (or a filesystem without locks): leave it
+            continue
         removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _build_atomically(target: Path, build: Callable[[Path], list[str]]) -> list[str]:
@@ -132,7 +129,9 @@ def _build_atomically(target: Path, build: Callable[[Path], list[str]]) -> list[
     failure remove the temporary folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(target)
-    tmp = target.parent / f"{_partial_prefix(target)}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = target.parent / f"{_partial_prefix(target)}{uuid.uuid4().hex[:12]}"
+    lock = open(_lock_of(tmp), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held while this fetch runs: see remove_dead_partials
     tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
     try:
         paths = build(tmp)
@@ -146,6 +145,8 @@ def _build_atomically(target: Path, build: Callable[[Path], list[str]]) -> list[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _lock_of(tmp).unlink(missing_ok=True)
+        lock.close()
     return paths
 
 

@@ -76,7 +76,7 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
             fingerprint = teacher_fingerprint(config, teacher, problems_fingerprint, teacher_pass.mode)
             manifest = reuse(teacher, teacher_pass, fingerprint)
             if manifest and _damaged_shards(layout, teacher, teacher_pass, fingerprint):
-                manifest = None  # resumed like a partial pass: only the damaged shards are written again
+                manifest = None  # resumed like an interrupted pass: the damaged shards are written again
             if manifest:
                 log.info("teacher %s: reusing %s (%d rows)", teacher.name, teacher_pass.out_dir(teacher.name),
                          manifest["counts"]["rows"])
@@ -118,15 +118,16 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
 
 
 def _damaged_shards(layout: RunLayout, teacher: TeacherConfig, teacher_pass: TeacherPass, fingerprint: str) -> bool:
-    """Check a finished pass's shards before reusing it; a damaged one is named, and the manifest removed so the
-    folder is a partial pass of the same settings (a stop before the rewrite still leaves it to be resumed)."""
+    """Check a finished pass's shards before reusing it: a missing or damaged one is named, and the manifest removed
+    so the folder is a partial pass of the same settings, resumed as an interrupted one is (those shards are written
+    again, and the other shards' failed rows asked again); a stop before the rewrite leaves it to be resumed."""
     if not RunLayout.progress_file(teacher_pass.out_dir(teacher.name)).is_file():
         return False  # no shard layout recorded (written by hand or by an old version): nothing to check against
     plan = plan_pass(layout, teacher, teacher_pass, fingerprint)
-    damaged = plan.unsound()
+    damaged = {s.shard: "missing" for s in plan.shards if not plan.shard_path(s.shard).is_file()} | plan.unsound()
     if not damaged:
         return False
-    first, why = next(iter(damaged.items()))
+    first, why = min(damaged.items())
     log.warning("teacher %s: %d of %d shards in %s cannot be reused (%s: %s); writing those again",
                 teacher.name, len(damaged), len(plan.shards), plan.out_dir, plan.shard_path(first).name, why)
     (plan.out_dir / MANIFEST).unlink(missing_ok=True)

@@ -62,5 +62,5 @@ def summary_tables(summary: Mapping[str, Mapping[str, Any]]) -> list[Table]:
 def findings(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """What needs doing, a line each: today the damaged rationale files, which `generate` writes again."""
     return [f"{name}: damaged, {what}; rerun the job's `tinyllm-ray generate` (or `run`): it writes those shards "
-            "again"
+            "again (a folder without _progress.json, written by hand, needs --force)"
             for name, info in summary.items() for what in info.get("damaged", [])]

@@ -88,9 +88,9 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     # re-run after the driver died) streams the same rows to the same rank, so resuming can skip exactly the
     # micro-batches a checkpoint already covers.
     set_folder = layout.train_storage / f"{run_name}.training_set"
-    training_set = build_training_set(layout, [t.name for t in teachers], set_folder, training.data_fraction,
-                                      training.seed, training.rationale_filter)
     try:
+        training_set = build_training_set(layout, [t.name for t in teachers], set_folder, training.data_fraction,
+                                          training.seed, training.rationale_filter)
         result, spec, start = _fit(config, layout, training_set, model_path, seq2seq, run_name, loop)
     finally:  # derived from the inputs: a re-run builds the same set again
         shutil.rmtree(set_folder, ignore_errors=True)

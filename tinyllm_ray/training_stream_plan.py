@@ -54,7 +54,7 @@ def buckets_of(keys: Sequence[int], buckets: int) -> list[int]:
 
 def training_rows(problems: int, fraction: float) -> int:
     """Rows of the training set: one per problem kept by ``training.data_fraction`` (as :func:`take_fraction`)."""
-    return problems if fraction >= 1.0 else max(1, round(problems * fraction))
+    return problems if fraction >= 1.0 or problems == 0 else max(1, round(problems * fraction))
 
 
 def kept_positions(problems: int, fraction: float, seed: int, start: int, count: int):

@@ -182,7 +182,8 @@ def test_closing_the_teacher_ends_the_engines_processes_and_auto_fills_max_num_s
 def test_a_failed_engine_loop_ends_the_engines_processes():
     result = run_probe("loop_failure")
     assert result["engine"], "vLLM started no engine process: the case would prove nothing"
-    assert result["raised"] and result["later"], result  # the failing call and every later one fail, none waits
+    # the failing call gets vLLM's own rejection, every later one the loop's stop: none waits
+    assert "out of vocabulary" in (result["raised"] or "") and "stopped earlier" in (result["later"] or ""), result
     assert result["left"] == []
 
 

@@ -44,16 +44,19 @@ def test_rerun_regenerates_only_missing_shards(ray_cluster, tmp_path: Path):
     assert again.num_rows == 16
     assert again.column("rationale").to_pylist() == complete.column("rationale").to_pylist()  # greedy: same text
 
-    # A finished teacher whose shard was damaged afterwards: inspect names it, generate writes only that one again
-    damaged = shards[5]
+    # A finished teacher with a shard damaged and one deleted afterwards: inspect names the damaged one, generate
+    # writes those two again and leaves the others as they were
+    damaged, deleted = shards[5], shards[6]
     damaged.write_bytes(damaged.read_bytes()[:100])
     inspected = runner.invoke(app, ["inspect", str(out)])
     assert inspected.exit_code == 0 and "damaged, shard-000005.parquet" in inspected.output, inspected.output
-    kept = {p.name: p.stat().st_mtime_ns for p in shards if p != damaged}
+    deleted.unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in shards if p not in (damaged, deleted)}
     healed = generate(out, "--teacher", "tiny_a")
     assert healed.exit_code == 0, healed.output
-    assert "1 of 8 shards" in healed.output and "cannot be reused" in healed.output, healed.output
-    assert {p.name: p.stat().st_mtime_ns for p in shards if p != damaged} == kept
+    assert "2 of 8 shards" in healed.output and "cannot be reused" in healed.output, healed.output
+    assert {p.name: p.stat().st_mtime_ns for p in shards if p not in (damaged, deleted)} == kept
+    assert deleted.is_file()
     assert read_manifest(folder) is not None
     assert read_table(folder, RATIONALE_SCHEMA).sort_by("id").column("rationale").to_pylist() == \
         complete.column("rationale").to_pylist()

@@ -282,22 +282,23 @@ def test_cli_errors_exit_2_with_one_message(served, tmp_path):
 
 
 def test_a_killed_fetchs_temporary_folder_is_removed_by_the_next_fetch(served, tmp_path):
-    import os
+    import fcntl
     import subprocess
     import sys
 
-    from tinyllm_ray import fetch
-
     out = tmp_path / "data"
     out.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)  # that process has ended, as a killed fetch's has
-    prefix = f".riddle.partial-{fetch._HOST}-"
-    left_by_killed = out / f"{prefix}{dead_pid}-0123456789ab"
-    running = out / f"{prefix}{os.getpid()}-0123456789ab"  # a fetch still running here
-    other_host = out / ".riddle.partial-elsewhere-1-0123456789ab"
-    for folder in (left_by_killed, running, other_host):
+    left_by_killed, running, unknown = (out / f".riddle.partial-{n}" for n in ("killed", "running", "unknown"))
+    for folder in (left_by_killed, running, unknown):
         (folder / "half").mkdir(parents=True)
-    fetch_dataset("riddle", out, base_url=served.url, progress=False)
-    assert not left_by_killed.exists() and running.exists() and other_host.exists()
+    # a killed fetch: its process took the lock and died, so the kernel released it
+    subprocess.run([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+                    "fcntl.flock(f, fcntl.LOCK_EX)", str(out / ".riddle.partial-killed.lock")], check=True)
+    with open(out / ".riddle.partial-running.lock", "w") as held:  # a fetch still running (here, this process)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        fetch_dataset("riddle", out, base_url=served.url, progress=False)
+        assert not left_by_killed.exists() and not (out / ".riddle.partial-killed.lock").exists()
+        assert running.exists() and unknown.exists()  # unknown: no lock file, e.g. an older version's
+        # the fetch's own lock file went with its temporary folder
+        assert sorted(p.name for p in out.glob(".riddle.partial-*.lock")) == [".riddle.partial-running.lock"]
     assert (out / "riddle").is_dir()

@@ -51,6 +51,10 @@ def test_read_plan_takes_whole_row_groups_and_counts_positions_across_files():
     assert [len(p.parts) for p in shards] == [4, 4, 2] and [p.start for p in shards] == [0, 16, 32]
 
 
+def test_an_empty_split_keeps_no_row_whatever_the_fraction():
+    assert training_rows(0, 0.5) == training_rows(0, 1.0) == 0 and training_rows(3, 0.1) == 1
+
+
 def test_merge_counts_sums_buckets_and_keeps_every_outcome():
     one = {"a": {**dict.fromkeys(COUNT_KEYS, 0), "usable": 2, "missing": 1}}
     two = {"a": {**dict.fromkeys(COUNT_KEYS, 0), "usable": 1, "failed": 4}}
