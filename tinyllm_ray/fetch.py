@@ -132,8 +132,8 @@ def _build_atomically(target: Path, build: Callable[[Path], list[str]]) -> list[
     tmp = target.parent / f"{_partial_prefix(target)}{uuid.uuid4().hex[:12]}"
     lock = open(_lock_of(tmp), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # held while this fetch runs: see remove_dead_partials
-    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
     try:
+        tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
         paths = build(tmp)
         os.rename(tmp, target)  # fails if another fetch put the folder in place meanwhile: keep theirs
     except FileExistsError:
