@@ -132,9 +132,8 @@ class PassPlan:
         """The shards to write: those not yet on disk (each is written atomically, so a missing file was never
         finished), those damaged since (:meth:`unsound`), and those written with failed rows, whose failed rows a
         rerun asks for again (:func:`kept_rows`)."""
-        unsound = self.unsound()
-        return [s for s in self.shards if not self.shard_path(s.shard).is_file() or s.shard in unsound
-                or has_failed_rows(self.shard_path(s.shard))]
+        return [s for s in self.shards if not self.shard_path(s.shard).is_file()
+                or shard_problem(self.shard_path(s.shard), s.rows) or has_failed_rows(self.shard_path(s.shard))]
 
     def unsound(self) -> dict[int, str]:
         """The shards on disk that cannot be used, with why: unreadable, or another row count than planned (a file

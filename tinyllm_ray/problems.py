@@ -45,8 +45,13 @@ def prepare_problems(config: JobConfig, layout: RunLayout, force: bool = False) 
                           counts={role: t.num_rows for role, t in tables.items()})
 
 
-def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
-    """One frozen split (``train`` or ``eval``), validated against the problem schema."""
+def require_frozen_problems(layout: RunLayout) -> None:
+    """The frozen problems are complete (their manifest exists), or an error that says what to run."""
     if read_manifest(layout.problems) is None:
         raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
+
+
+def load_frozen_problems(layout: RunLayout, role: str) -> pa.Table:
+    """One frozen split (``train`` or ``eval``), validated against the problem schema."""
+    require_frozen_problems(layout)
     return read_table(layout.problem_file(role), PROBLEM_SCHEMA)

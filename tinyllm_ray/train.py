@@ -27,7 +27,7 @@ from tinyllm_ray.artifacts import reusable
 from tinyllm_ray.config import JobConfig
 from tinyllm_ray.console import current as console
 from tinyllm_ray.layout import RunLayout
-from tinyllm_ray.schemas import RATIONALE_SCHEMA, ArtifactError, read_manifest, read_table, write_manifest
+from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_manifest, read_table, write_manifest
 from tinyllm_ray.train_plan import (TrainingError, WorkerSpec, micro_step_plan, read_state, student_fingerprint,
                                     trained_settings, worker_spec)
 from tinyllm_ray.train_worker import default_loop
@@ -55,11 +55,11 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     from tinyllm_ray.deepspeed_config import slow_setting_warnings
     from tinyllm_ray.models import is_encoder_decoder, resolve_model
     from tinyllm_ray.runtime import connect
-    from tinyllm_ray.training_stream import build_training_set
+    from tinyllm_ray.training_stream import build_training_set, require_inputs
 
     layout = layout or RunLayout.of(config.output_dir)
     teachers = config.distilled_teachers()
-    _require_inputs(layout, [t.name for t in teachers])
+    require_inputs(layout, [t.name for t in teachers])  # the fingerprint below reads their manifests
     fingerprint = student_fingerprint(
         config, {t.name: read_manifest(layout.teacher_dir(t.name))["fingerprint"] for t in teachers},
         read_manifest(layout.problems)["fingerprint"])
@@ -188,26 +188,14 @@ def _step_facts(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
                                 "speed": rate_text(event.get("tokens_per_s", 0.0), 1.0, "tok")}
 
 
-def _require_inputs(layout: RunLayout, teachers: list[str]) -> None:
-    """The frozen problems and every distilled teacher's rationales are complete (their manifests exist)."""
-    if read_manifest(layout.problems) is None:
-        raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
-    for teacher in teachers:
-        if read_manifest(layout.teacher_dir(teacher)) is None:
-            raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at "
-                                f"{layout.teacher_dir(teacher)}: run `tinyllm-ray generate` first")
-
-
 def load_rationales(layout: RunLayout, teacher: str):
     """The columns of a teacher's rationales that the whole-split join reads (not the prompts, most of the bytes):
     what benchmarks/ and tests compare the streamed training set against."""
     from tinyllm_ray.training_data import RATIONALE_COLUMNS
 
-    directory = layout.teacher_dir(teacher)
-    if read_manifest(directory) is None:
-        raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at {directory}: "
-                            "run `tinyllm-ray generate` first")
-    return read_table(directory, RATIONALE_SCHEMA, columns=list(RATIONALE_COLUMNS))
+    from tinyllm_ray.training_stream import require_rationales
+
+    return read_table(require_rationales(layout, teacher), RATIONALE_SCHEMA, columns=list(RATIONALE_COLUMNS))
 
 
 def final_export(result) -> tuple[Any, dict[str, Any]]:

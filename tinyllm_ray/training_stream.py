@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.problems import require_frozen_problems
 from tinyllm_ray.schemas import (PROBLEM_SCHEMA, REWRITE_HINT, ArtifactError, conform, read_manifest,
                                  training_schema, write_table)
 from tinyllm_ray.training_stream_plan import (BUCKET_ROWS, KEY, PIECE_PROBLEM_SCHEMA, PIECE_RATIONALE_SCHEMA,
@@ -116,9 +117,24 @@ def _artifact_cause(err: BaseException) -> str | None:
 
 # ---------------------------------------------------------------- what the driver reads: file footers only
 
+def require_rationales(layout: RunLayout, teacher: str) -> Path:
+    """A teacher's rationale folder, complete (its manifest exists), or an error that says what to run."""
+    directory = layout.teacher_dir(teacher)
+    if read_manifest(directory) is None:
+        raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at {directory}: "
+                            "run `tinyllm-ray generate` first")
+    return directory
+
+
+def require_inputs(layout: RunLayout, teachers: Sequence[str]) -> None:
+    """What a training set is built from is complete: the frozen problems and every named teacher's rationales."""
+    require_frozen_problems(layout)
+    for teacher in teachers:
+        require_rationales(layout, teacher)
+
+
 def _problem_files(layout: RunLayout) -> list[tuple[str, list[int]]]:
-    if read_manifest(layout.problems) is None:
-        raise ArtifactError(f"{layout.problems} is missing or incomplete: run `tinyllm-ray generate` first")
+    require_frozen_problems(layout)
     path = layout.problem_file("train")
     if not path.exists():
         raise ArtifactError(f"{path} does not exist")
@@ -126,10 +142,7 @@ def _problem_files(layout: RunLayout) -> list[tuple[str, list[int]]]:
 
 
 def _rationale_files(layout: RunLayout, teacher: str) -> list[tuple[str, list[int]]]:
-    directory = layout.teacher_dir(teacher)
-    if read_manifest(directory) is None:
-        raise ArtifactError(f"rationales for teacher {teacher!r} are missing or incomplete at {directory}: "
-                            "run `tinyllm-ray generate` first")
+    directory = require_rationales(layout, teacher)
     schema = _narrow(PIECE_RATIONALE_SCHEMA)
     return [_row_groups(path, schema) for path in sorted(directory.glob("*.parquet"))]
 

@@ -139,18 +139,27 @@ def test_reuse_resumes_refuses_or_forces_a_teacher_folder(tmp_path):
     assert not folder.exists()  # --force starts from an empty folder
 
 
-def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
+def _planned_pass(tmp_path):
+    """A run layout with 10 frozen train problems and tiny_a's rationale pass planned over it in shards of 4."""
     from tinyllm_ray.generation_plan import plan_pass, rationale_pass
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.schemas import PROBLEM_SCHEMA, write_table
 
     layout = RunLayout.of(str(tmp_path))
-    rows = [{"id": f"p{i}", "dataset": "demo", "split": "train", "question": "q?", "choices": ["a", "b"], "answer_index": 0,
-             "answer": "a", "context": None} for i in range(10)]
+    rows = [{"id": f"p{i}", "dataset": "demo", "split": "train", "question": "q?", "choices": ["a", "b"],
+             "answer_index": 0, "answer": "a", "context": None} for i in range(10)]
     layout.problems.mkdir(parents=True)
     write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), layout.problem_file("train"))
     config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
-    plan = plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")
+    return layout, plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")
+
+
+def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
+    from tinyllm_ray.generation_plan import plan_pass, rationale_pass
+    from tinyllm_ray.schemas import write_table
+
+    layout, plan = _planned_pass(tmp_path)
+    config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
     assert plan.out_dir == layout.teacher_dir("tiny_a") and plan.num_problems == 10
     assert [s.rows for s in plan.shards] == [4, 4, 2] and plan.pending() == list(plan.shards)
     assert plan.sampling["max_tokens"] == config.teachers[0].sampling.max_tokens
@@ -162,17 +171,10 @@ def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
 
 
 def test_a_damaged_shard_is_named_and_written_again(tmp_path):
-    from tinyllm_ray.generation_plan import kept_rows, plan_pass, rationale_pass
-    from tinyllm_ray.layout import RunLayout
-    from tinyllm_ray.schemas import PROBLEM_SCHEMA, write_table
+    from tinyllm_ray.generation_plan import kept_rows
+    from tinyllm_ray.schemas import write_table
 
-    layout = RunLayout.of(str(tmp_path))
-    rows = [{"id": f"p{i}", "dataset": "demo", "split": "train", "question": "q?", "choices": ["a", "b"],
-             "answer_index": 0, "answer": "a", "context": None} for i in range(10)]
-    layout.problems.mkdir(parents=True)
-    write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), layout.problem_file("train"))
-    config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
-    plan = plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")  # shards of 4, 4 and 2
+    plan = _planned_pass(tmp_path)[1]  # shards of 4, 4 and 2
     write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(1))
     assert plan.unsound() == {} and [s.shard for s in plan.pending()] == [0, 2]
     write_table(pa.Table.from_pylist([{"id": "p8"}]), plan.shard_path(2))  # 1 row where the plan has 2
