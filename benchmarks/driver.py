@@ -34,10 +34,15 @@ print(json.dumps({{"seconds": round(time.time() - t, 2), "peak_rss_mb": round(st
 
 
 def _peak_rss(imports: str, work: str) -> dict[str, Any]:
-    """Run ``work`` in a fresh interpreter (after ``imports``); its seconds and peak RSS (Linux)."""
+    """Run ``work`` in a fresh interpreter (after ``imports``); its seconds and peak RSS (Linux), with whatever JSON
+    lines ``work`` itself printed merged in (the measurement's own line last)."""
     code = _PEAK.format(repo=str(REPO), imports=imports, work=work)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    merged: dict[str, Any] = {}
+    for line in done.stdout.strip().splitlines():
+        if line.startswith("{"):
+            merged.update(json.loads(line))
+    return merged
 
 
 def run(ctx: Context) -> "DriverResult":

@@ -120,28 +120,20 @@ def training_stream_memory(tmp, quick: bool, whole_split: bool = False) -> list[
     """The driver's peak RSS while ``training_stream`` builds and streams the training set of two teachers, at each
     size: it should stay flat (synthetic rationale files written directly, no generation). ``whole_split`` also
     measures the whole-split join in one process on the same inputs (what ``train`` did before)."""
-    import json
     import shutil
-    import subprocess
-    import sys
 
-    from benchmarks.common import REPO
-    from benchmarks.driver import _PEAK
+    from benchmarks.driver import _peak_rss
 
     out = []
     for size in (STREAM_SIZES_QUICK if quick else STREAM_SIZES):
         root = tmp / f"scale_stream_{size}"
         inputs_s = write_stream_inputs(root, size)
         print(f"[bench] scale: driver memory streaming {size} problems x 2 teachers", flush=True)
-        code = _PEAK.format(repo=str(REPO), imports="", work=_STREAM_WORK.format(root=str(root)))
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        lines = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
-        out.append({"problems": size, "write_inputs_s": inputs_s, **lines[0], **lines[-1]})
+        out.append({"problems": size, "write_inputs_s": inputs_s,
+                    **_peak_rss("", _STREAM_WORK.format(root=str(root)))})
         if whole_split:
             print(f"[bench] scale: driver memory joining {size} problems x 2 teachers in one process", flush=True)
-            code = _PEAK.format(repo=str(REPO), imports="", work=_WHOLE_SPLIT_WORK.format(root=str(root)))
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            out[-1]["whole_split"] = json.loads(done.stdout.strip().splitlines()[-1])
+            out[-1]["whole_split"] = _peak_rss("", _WHOLE_SPLIT_WORK.format(root=str(root)))
         shutil.rmtree(root, ignore_errors=True)
     return out
 
