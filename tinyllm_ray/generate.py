@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 from tinyllm_ray.config import JobConfig, TeacherConfig
@@ -184,7 +185,7 @@ def _run_pool(config: JobConfig, layout: RunLayout, teacher: TeacherConfig, mode
 def _follow(summaries, teacher: str, progress: "PoolProgress", sinks: list, start: float) -> None:
     """Consume the per-shard summaries as the actors produce them: the stage's progress and running metrics."""
     done = [{"shards": 0, **{key: 0 for key in PROGRESS_KEYS}} for _ in sinks]
-    for summary in summaries.iter_rows():
+    for summary in rows_as_they_come(summaries):
         index = int(summary["pass"])
         counts = done[index]
         counts["shards"] += 1
@@ -199,6 +200,13 @@ def _follow(summaries, teacher: str, progress: "PoolProgress", sinks: list, star
         sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
                           "generated_tokens_per_s": counts["generated_tokens"] / elapsed,
                           "shard_seconds": float(summary["seconds"])}, step=counts["shards"])
+
+
+def rows_as_they_come(dataset) -> Iterator[dict[str, Any]]:
+    """A dataset's rows, each as soon as its block is produced. ``Dataset.iter_rows`` prefetches one block: it hands
+    over a block only once the next one exists, so every shard would be reported when the one after it finished."""
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        yield from batch.to_pylist()
 
 
 class PoolProgress:
