@@ -30,11 +30,15 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(values) if None not in values else None
 
 
+def train_shape(model_key: str, quick: bool) -> tuple[int, int]:
+    """(steps, micro-batch size) of a training comparison; the TRL baseline (``train_baselines``) uses the same.
+    Enough steps that start-up transients (Ray Data ingest, the previous variant's workers exiting) average out."""
+    return (4 if quick else (30 if model_key == "tiny" else 14)), (2 if (quick or model_key == "smollm2") else 4)
+
+
 def run(ctx: Context, model_key: str) -> "TrainResult":
     tmp, quick = ctx.tmp, ctx.quick
-    # enough steps that start-up transients (Ray Data ingest, the previous variant's workers exiting) average out
-    steps = 4 if quick else (30 if model_key == "tiny" else 14)
-    mb = 2 if (quick or model_key == "smollm2") else 4
+    steps, mb = train_shape(model_key, quick)
     config = gen_for_training(model_key, tmp, quick, {"num_workers": 1, "micro_batch_size": mb, "max_steps": steps})
     out: dict[str, Any] = {"model": config.student.model, "micro_batch_size": mb, "steps": steps,
                            "padding": padding_waste(config), "rounds": []}

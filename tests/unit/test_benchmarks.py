@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import common, run, stages, train_breakdown
+from benchmarks import common, run, stages, train_baselines, train_breakdown
 from benchmarks.common import Context, Failed, markdown
 from benchmarks.driver import DriverResult
 from benchmarks.stages import rank_summary
@@ -23,7 +23,7 @@ def test_every_section_module_exposes_its_entry_point():
         assert module.SECTION == name
         assert isinstance(module.PER_MODEL, bool)
         assert callable(module.run)
-    assert {name for name, module in run.MODULES.items() if module.PER_MODEL} == {"gen", "train"}
+    assert {name for name, module in run.MODULES.items() if module.PER_MODEL} == {"gen", "train", "train_trl"}
 
 
 def test_results_render_as_rows_and_one_table():
@@ -98,6 +98,26 @@ def test_rank_summary_reads_a_step_log(tmp_path):
 def test_overhead_is_a_ratio_of_steady_rates():
     assert overhead({"steady_tokens_per_s": 110.0}, {"steady_tokens_per_s": 100.0}) == 0.1
     assert overhead({}, {"steady_tokens_per_s": 100.0}) is None
+
+
+def test_trl_baseline_gets_our_sequences_as_prompt_completion_pairs():
+    """The TRL baseline's rows (no trl import): every task with a target, rendered as our stage renders it."""
+    from tinyllm_ray.prompts import student_prompt
+    from tinyllm_ray.training_data import tasks_for
+
+    tasks = tasks_for("predict: ", 1.0, [("t1", "explain: ", 0.5)])
+    batches = [{"input": ["q1", "q2"], "answer": ["a1", "a2"], "rationale__t1": ["r1", None]},
+               {"input": ["q3", "q4"], "answer": ["a3", "a4"], "rationale__t1": [" ", "r4"]}]
+    rows, per_step = train_baselines.sft_examples(batches, tasks)
+    assert per_step == [3, 3]
+    assert rows[:3] == [{"prompt": student_prompt("predict: ", "q1"), "completion": "a1"},
+                        {"prompt": student_prompt("explain: ", "q1"), "completion": "r1"},
+                        {"prompt": student_prompt("predict: ", "q2"), "completion": "a2"}]
+    assert rows[-1] == {"prompt": student_prompt("explain: ", "q4"), "completion": "r4"}
+    assert train_baselines.speed_ratio({"steady_tokens_per_s": 90.0}, {"steady_tokens_per_s": 100.0}) == 0.9
+    # the benchmark imports without TRL (a benchmark-only extra): sys.modules["trl"] = None makes `import trl` fail
+    code = "import sys; sys.modules['trl'] = None; import benchmarks.run, benchmarks.train_baselines"
+    subprocess.run([sys.executable, "-c", code], cwd=common.REPO, check=True)
 
 
 def test_context_is_frozen(tmp_path):
