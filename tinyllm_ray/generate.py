@@ -9,6 +9,7 @@ kinds of teacher are :mod:`tinyllm_ray.teachers`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -195,11 +196,24 @@ def _follow(summaries, teacher: str, progress: "PoolProgress", sinks: list, star
         progress.shard_done(teacher, int(summary["rows"]), int(summary["generated_tokens"]))
         log.info("teacher %s: shard %d written (%d rows in %.1f s), %.1f s after its pool started", teacher,
                  int(summary["shard"]), int(summary["rows"]), float(summary["seconds"]), elapsed)
+        if summary.get("startup"):
+            log.info(startup_text(teacher, json.loads(summary["startup"]), start))
         for warning in str(summary.get("warnings") or "").splitlines():
             log.warning(warning)  # raised in an actor: on the driver it reaches the console (once) and the log
         sinks[index].log({**counts, "problems_per_s": counts["rows"] / elapsed,
                           "generated_tokens_per_s": counts["generated_tokens"] / elapsed,
                           "shard_seconds": float(summary["seconds"])}, step=counts["shards"])
+
+
+def startup_text(teacher: str, startup: dict[str, float], pool_started: float) -> str:
+    """Where an actor's start-up went, from the times it reports (:class:`~tinyllm_ray.teachers.actor.TeacherActor`)
+    and when the driver started its pool: scheduling and the worker process's start, the worker's own imports, the
+    teacher's build (its imports and engine)."""
+    process, constructor, ready = (startup[key] - pool_started
+                                   for key in ("process_started", "constructor_started", "ready"))
+    return (f"teacher {teacher}: an actor was ready {ready:.1f} s after its pool started (its process started at "
+            f"{process:.1f} s, its constructor at {constructor:.1f} s, the teacher's imports and engine build took "
+            f"{ready - constructor:.1f} s)")
 
 
 def rows_as_they_come(dataset) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,15 +196,29 @@ def merge_rows(problems: list[dict[str, Any]], kept: dict[str, dict[str, Any]],
     return rows
 
 
-def plan_shards(num_problems: int, shard_size: int) -> list[ShardPlan]:
-    """Shard n covers problems ``n * shard_size`` onwards; the layout is recorded so resumes keep it."""
-    return [ShardPlan(shard, offset, min(shard_size, num_problems - offset))
-            for shard, offset in enumerate(range(0, num_problems, shard_size))]
+def lead_shard_sizes(shard_size: int) -> tuple[int, ...]:
+    """The smaller shards a pass starts with: a quarter, a quarter and a half of ``shard_size``. The engine's first
+    batch is then a fraction of a full one, so the first shards are written in a fraction of a full shard's time
+    (start-up, benchmarks/RESULTS.md); the rest of the pass runs at full size. None under 4 problems a shard."""
+    return () if shard_size < 4 else (shard_size // 4, shard_size // 4, shard_size // 2)
+
+
+def plan_shards(num_problems: int, shard_size: int, lead: Sequence[int] = ()) -> list[ShardPlan]:
+    """Consecutive shards over every problem once: first the ``lead`` sizes, then ``shard_size`` each (the last
+    may be short); the layout is recorded so resumes keep it."""
+    shards, offset = [], 0
+    sizes = iter(lead)
+    while offset < num_problems:
+        rows = min(next(sizes, shard_size), num_problems - offset)
+        shards.append(ShardPlan(len(shards), offset, rows))
+        offset += rows
+    return shards
 
 
 def plan_pass(layout: RunLayout, teacher: TeacherConfig, teacher_pass: TeacherPass, fingerprint: str) -> PassPlan:
     """Plan a pass that is not reused, recording its shard layout when it starts (a resume reads it back, so the
-    shards on disk keep their meaning whatever ``resources.shard_size`` says now)."""
+    shards on disk keep their meaning whatever ``resources.shard_size`` says now; a layout recorded before lead
+    shards existed has none)."""
     import pyarrow.parquet as pq
 
     out_dir = teacher_pass.out_dir(teacher.name)
@@ -211,13 +226,16 @@ def plan_pass(layout: RunLayout, teacher: TeacherConfig, teacher_pass: TeacherPa
     num_problems = pq.read_metadata(problems_path).num_rows
     progress_file = RunLayout.progress_file(out_dir)
     if progress_file.is_file():
-        shard_size = json.loads(progress_file.read_text())["shard_size"]
+        recorded = json.loads(progress_file.read_text())
+        shard_size, lead = recorded["shard_size"], tuple(recorded.get("lead_shards", ()))
     else:
         shard_size = teacher.resources.shard_size
+        lead = lead_shard_sizes(shard_size)
         out_dir.mkdir(parents=True, exist_ok=True)
-        progress_file.write_text(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size}))
+        progress_file.write_text(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size,
+                                             "lead_shards": list(lead)}))
     return PassPlan(teacher_pass, out_dir, fingerprint, problems_path, num_problems,
-                    tuple(plan_shards(num_problems, shard_size)),
+                    tuple(plan_shards(num_problems, shard_size, lead)),
                     sampling_dict(teacher, teacher_pass.mode, teacher_pass.max_tokens))
 
 

@@ -47,6 +47,7 @@ def test_the_console_shows_the_stages_and_the_log_keeps_the_rest(tiny_run: Path)
     assert sorted(line.split("'")[1] for line in underfed) == ["tiny_a", "tiny_b"], CONSOLE["output"]
     log = (tiny_run / "logs" / "console.log").read_text()
     assert "[train] step 3/3" in log and "teacher tiny_a: 16 rationale rows" in log
+    assert "teacher tiny_b: an actor was ready" in log  # where its start-up went, from its first shard summary
 
 
 def test_run_writes_every_artifact(tiny_run: Path):

@@ -1,4 +1,4 @@
-"""The teacher actor's warnings travel to the driver in its shard summaries (the actor's output reaches only the
+"""The teacher actor's warnings (and its start-up times) travel to the driver in its shard summaries (the actor's output reaches only the
 log); here the handler that collects them, on the package's real logger."""
 
 from __future__ import annotations
@@ -27,3 +27,12 @@ def test_warnings_from_any_thread_come_back_once_each_then_are_gone():
     finally:
         logger.removeHandler(warnings)
     assert "warnings" in SUMMARY_KEYS
+
+
+def test_an_actors_startup_is_told_as_offsets_from_its_pools_start():
+    from tinyllm_ray.generate import startup_text
+
+    text = startup_text("a", {"process_started": 103.0, "constructor_started": 105.5, "ready": 118.0}, 100.0)
+    assert text == ("teacher a: an actor was ready 18.0 s after its pool started (its process started at 3.0 s, its "
+                    "constructor at 5.5 s, the teacher's imports and engine build took 12.5 s)")
+    assert "startup" in SUMMARY_KEYS

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from tinyllm_ray.config import load_config
-from tinyllm_ray.generation_plan import (GenerationError, ShardPlan, demos_from_pool, merge_stats, plan_shards,
+from tinyllm_ray.generation_plan import (GenerationError, ShardPlan, demos_from_pool, lead_shard_sizes, merge_stats,
+                                         plan_shards,
                                          rationale_stats, teacher_fingerprint)
 from tinyllm_ray.prompts import sample_demos
 
@@ -31,6 +32,18 @@ def row(id_, rationale="Heat melts ice because it adds energy.", error=None, fin
 ])
 def test_plan_shards_covers_every_problem_once(problems, size, expected):
     shards = plan_shards(problems, size)
+    assert shards == [ShardPlan(*shard) for shard in expected]
+    assert sum(s.rows for s in shards) == problems
+
+
+@pytest.mark.parametrize("problems,expected", [
+    (48, [(0, 0, 4), (1, 4, 4), (2, 8, 8), (3, 16, 16), (4, 32, 16)]),
+    (6, [(0, 0, 4), (1, 4, 2)]),
+    (50, [(0, 0, 4), (1, 4, 4), (2, 8, 8), (3, 16, 16), (4, 32, 16), (5, 48, 2)]),
+])
+def test_a_pass_starts_with_smaller_shards_then_runs_at_full_size(problems, expected):
+    assert lead_shard_sizes(16) == (4, 4, 8) and lead_shard_sizes(3) == ()
+    shards = plan_shards(problems, 16, lead_shard_sizes(16))
     assert shards == [ShardPlan(*shard) for shard in expected]
     assert sum(s.rows for s in shards) == problems
 
@@ -140,7 +153,8 @@ def test_reuse_resumes_refuses_or_forces_a_teacher_folder(tmp_path):
 
 
 def _planned_pass(tmp_path):
-    """A run layout with 10 frozen train problems and tiny_a's rationale pass planned over it in shards of 4."""
+    """A run layout with 10 frozen train problems and tiny_a's rationale pass planned over it: lead shards of 1, 1
+    and 2, then shards of 4."""
     from tinyllm_ray.generation_plan import plan_pass, rationale_pass
     from tinyllm_ray.layout import RunLayout
     from tinyllm_ray.schemas import PROBLEM_SCHEMA, write_table
@@ -161,27 +175,38 @@ def test_a_planned_pass_keeps_the_shard_layout_it_started_with(tmp_path):
     layout, plan = _planned_pass(tmp_path)
     config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
     assert plan.out_dir == layout.teacher_dir("tiny_a") and plan.num_problems == 10
-    assert [s.rows for s in plan.shards] == [4, 4, 2] and plan.pending() == list(plan.shards)
+    assert [s.rows for s in plan.shards] == [1, 1, 2, 4, 2] and plan.pending() == list(plan.shards)
     assert plan.sampling["max_tokens"] == config.teachers[0].sampling.max_tokens
-    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(1))
+    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(3))
     resized = load_config("tiny", ["teachers.tiny_a.resources.shard_size=3"])
     again = plan_pass(layout, resized.teachers[0], rationale_pass(layout), "fp")
-    assert again.shards == plan.shards and [s.shard for s in again.pending()] == [0, 2]
+    assert again.shards == plan.shards and [s.shard for s in again.pending()] == [0, 1, 2, 4]
     assert plan.shard_path(1) == layout.teacher_dir("tiny_a") / "shard-000001.parquet"
+
+
+def test_a_layout_recorded_before_lead_shards_keeps_its_even_shards(tmp_path):
+    from tinyllm_ray.generation_plan import plan_pass, rationale_pass
+    from tinyllm_ray.layout import RunLayout
+
+    layout, plan = _planned_pass(tmp_path)
+    RunLayout.progress_file(plan.out_dir).write_text('{"fingerprint": "fp", "shard_size": 4}')  # an older version's
+    config = load_config("tiny", ["teachers.tiny_a.resources.shard_size=4"])
+    again = plan_pass(layout, config.teachers[0], rationale_pass(layout), "fp")
+    assert [s.rows for s in again.shards] == [4, 4, 2]
 
 
 def test_a_damaged_shard_is_named_and_written_again(tmp_path):
     from tinyllm_ray.generation_plan import kept_rows
     from tinyllm_ray.schemas import write_table
 
-    plan = _planned_pass(tmp_path)[1]  # shards of 4, 4 and 2
-    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(1))
-    assert plan.unsound() == {} and [s.shard for s in plan.pending()] == [0, 2]
-    write_table(pa.Table.from_pylist([{"id": "p8"}]), plan.shard_path(2))  # 1 row where the plan has 2
-    shard_1 = plan.shard_path(1)
-    shard_1.write_bytes(shard_1.read_bytes()[:40])  # truncated: no Parquet footer left
+    plan = _planned_pass(tmp_path)[1]  # shards of 1, 1, 2, 4 and 2 (lead shards, then shards of 4)
+    write_table(pa.Table.from_pylist([{"id": f"p{i}"} for i in range(4, 8)]), plan.shard_path(3))
+    assert plan.unsound() == {} and [s.shard for s in plan.pending()] == [0, 1, 2, 4]
+    write_table(pa.Table.from_pylist([{"id": "p8"}]), plan.shard_path(4))  # 1 row where the plan has 2
+    shard_3 = plan.shard_path(3)
+    shard_3.write_bytes(shard_3.read_bytes()[:40])  # truncated: no Parquet footer left
     damaged = plan.unsound()
-    assert sorted(damaged) == [1, 2] and "not a readable Parquet file" in damaged[1]
-    assert damaged[2] == "1 rows where its plan has 2"
-    assert [s.shard for s in plan.pending()] == [0, 1, 2]
-    assert kept_rows(shard_1) == {}  # nothing of a damaged file is kept
+    assert sorted(damaged) == [3, 4] and "not a readable Parquet file" in damaged[3]
+    assert damaged[4] == "1 rows where its plan has 2"
+    assert [s.shard for s in plan.pending()] == [0, 1, 2, 3, 4]
+    assert kept_rows(shard_3) == {}  # nothing of a damaged file is kept

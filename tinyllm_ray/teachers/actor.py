@@ -4,6 +4,7 @@ Parquet footer. It knows nothing of vLLM."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -17,7 +18,14 @@ from tinyllm_ray.generation_plan import (
 )
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, read_rows, write_table
 
-SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds", "warnings")
+SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "seconds", "warnings", "startup")
+
+
+def process_started_unix() -> float:
+    """When this process was started (Unix time): where an actor's start-up began, before its imports."""
+    import psutil  # a Ray dependency
+
+    return psutil.Process().create_time()
 
 
 def shard_descriptor(index: int, shard: ShardPlan) -> dict[str, int]:
@@ -59,6 +67,9 @@ class TeacherActor:
 
         from tinyllm_ray.teachers import kind_of
 
+        # when its process started, its constructor ran and its teacher was ready: the driver logs where the
+        # pool's start-up went (the first shard summary carries it)
+        self.startup = {"process_started": process_started_unix(), "constructor_started": time.time()}
         self.warnings = ActorWarnings()
         logging.getLogger("tinyllm_ray").addHandler(self.warnings)  # this process is the actor's alone
         self.teacher = kind_of(teacher).build(teacher, model_path)
@@ -68,6 +79,8 @@ class TeacherActor:
         self.demos = PromptConfig.model_validate(demos)
         self.passes = passes
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.startup["ready"] = time.time()
+        self._startup_told = threading.Event()
 
     def __call__(self, batch: dict) -> dict:
         """Generate whole shards (each row of ``batch`` is a :func:`shard_descriptor`); one small summary row per
@@ -79,9 +92,17 @@ class TeacherActor:
             for key, value in (("pass", int(index)), ("shard", int(shard)), ("rows", stats["rows"]),
                                ("errors", stats["errors"]), ("generated_tokens", stats["generated_tokens"]),
                                ("node", self.node_id), ("seconds", time.time() - start),
-                               ("warnings", self.warnings.take())):
+                               ("warnings", self.warnings.take()), ("startup", self._startup_once())):
                 summary[key].append(value)
         return summary
+
+    def _startup_once(self) -> str:
+        """The start-up times as JSON in the first summary this actor returns, "" in the others (a race between
+        two threads at worst tells it twice)."""
+        if self._startup_told.is_set():
+            return ""
+        self._startup_told.set()
+        return json.dumps(self.startup)
 
     def write_shard(self, plan: PassPlan, shard: ShardPlan) -> dict[str, Any]:
         """Generate one shard and write it with its stats (and node) in the footer; returns the stats."""
