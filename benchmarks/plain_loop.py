@@ -47,14 +47,26 @@ def training_batches(config) -> tuple[list[dict[str, list]], str, list]:
     return batches, resolve_model(config.student.model), tasks
 
 
-def padding_waste(config) -> dict[str, Any]:
+def token_batches(config, batches: list[dict[str, list]], model_path: str):
+    """The text micro-batches as the stream's token rows (tokenised as the training set's join tasks tokenise), and
+    the collator the Train worker pads them with."""
+    import pyarrow as pa
     from transformers import AutoTokenizer
 
-    from tinyllm_ray.training_data import Collator
+    from tinyllm_ray.schemas import training_schema
+    from tinyllm_ray.train_plan import tokenisation
+    from tinyllm_ray.training_tokens import Collator, tokenise_table, with_pad_token
 
-    batches, model_path, tasks = training_batches(config)
-    collate = Collator(AutoTokenizer.from_pretrained(model_path), tasks, False, config.student.max_input_tokens,
-                       config.student.max_target_tokens)
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(model_path))
+    tokens = tokenisation(config, model_path)
+    schema = training_schema([t.name for t in config.distilled_teachers()])
+    out = [tokenise_table(pa.Table.from_pydict(raw, schema=schema), tokenizer, tokens).to_pydict() for raw in batches]
+    return out, Collator(tokens.tasks, False, tokenizer.pad_token_id)
+
+
+def padding_waste(config) -> dict[str, Any]:
+    batches, model_path, _ = training_batches(config)
+    batches, collate = token_batches(config, batches, model_path)
     out: dict[str, Any] = {"micro_batch_size": config.training.micro_batch_size, "batches": len(batches)}
     # one padded batch per micro-batch (length_groups 1) against what training does (training.length_groups)
     for groups in sorted({1, config.training.length_groups}):
@@ -72,13 +84,12 @@ def padding_waste(config) -> dict[str, Any]:
 
 
 def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
-    """Single-process PyTorch: same model, Collator batches, torch AdamW + warm-up schedule, clipping at 1.0
-    (DeepSpeed's gradient_clipping), same loss functions and number of steps."""
+    """Single-process PyTorch: same model, the Train worker's token batches and collator, torch AdamW + warm-up
+    schedule, clipping at 1.0 (DeepSpeed's gradient_clipping), same loss functions and number of steps."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
-    from tinyllm_ray.training_data import Collator
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -86,7 +97,7 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
         t0 = time.time()
         batches, model_path, tasks = training_batches(config)
         training = config.training
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        batches, collate = token_batches(config, batches, model_path)
         torch.manual_seed(training.seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         model.train()
@@ -94,8 +105,6 @@ def run_plain_loop(config, steps: int, threads: int) -> dict[str, Any]:
                                       weight_decay=training.weight_decay)
         warmup = training.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-        collate = Collator(tokenizer, tasks, False, config.student.max_input_tokens,
-                           config.student.max_target_tokens)
         weights = torch.tensor([t.weight for t in tasks])
         startup = time.time() - t0
         times, tokens, preempted = [], [], []

@@ -70,16 +70,22 @@ def run(ctx: Context) -> "ScaleResult":
 STREAM_SIZES = (10_000, 100_000, 1_000_000)
 STREAM_SIZES_QUICK = (2_000, 20_000)
 
-# What train() does before TorchTrainer.fit (a local cluster as runtime.connect starts it, the set built and
-# streamed), in a fresh interpreter whose peak RSS is the driver's; a task stands in for the Train worker draining its
-# shard, so the rows never pass through the driver.
+# What train() does before TorchTrainer.fit (a local cluster as runtime.connect starts it, the set built, tokenised
+# with the tiny student's tokenizer at the default limits, and streamed), in a fresh interpreter whose peak RSS is the
+# driver's; a task stands in for the Train worker draining its shard, so the rows never pass through the driver.
 _STREAM_WORK = """
 import os, ray
 from pathlib import Path
 from ray.data import DataContext
-from tinyllm_ray.config import RationaleFilter
+from tinyllm_ray.config import RationaleFilter, StudentConfig
 from tinyllm_ray.layout import RunLayout
+from tinyllm_ray.models import resolve_model
+from tinyllm_ray.training_data import tasks_for
 from tinyllm_ray.training_stream import build_training_set, training_dataset
+from tinyllm_ray.training_tokens import Tokenisation
+student = StudentConfig(model={student!r})
+tokens = Tokenisation(resolve_model(student.model), tuple(tasks_for("predict: ", 1.0, [("t1", "explain: ", 1.0),
+                      ("t2", "rationale: ", 1.0)])), student.max_input_tokens, student.max_target_tokens)
 ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False)
 context = DataContext.get_current()
 context.use_datasource_v2, context.enable_progress_bars = False, False
@@ -87,15 +93,21 @@ context.execution_options.preserve_order = True
 after_init = status("VmRSS")
 @ray.remote
 def drain(shard):
-    return sum(len(b["id"]) for b in shard.iter_batches(batch_size=256, batch_format="numpy"))
+    rows = tokens = 0
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        rows += len(batch["id"])
+        tokens += sum(len(ids) for ids in batch["target_ids__rationale__t1"] if ids is not None)
+    return rows, tokens
 t_build = time.time()
-built = build_training_set(RunLayout.of({root!r}), ["t1", "t2"], Path({root!r}) / "set", 1.0, 0, RationaleFilter())
+built = build_training_set(RunLayout.of({root!r}), ["t1", "t2"], Path({root!r}) / "set", tokens, 1.0, 0,
+                           RationaleFilter())
 build_s = time.time() - t_build
 shard = training_dataset(built).streaming_split(1, equal=True)[0]
-rows = ray.get(drain.remote(shard))
+rows, target_tokens = ray.get(drain.remote(shard))
 assert rows == built.rows, (rows, built.rows)
 print(json.dumps({{"rss_after_ray_init_mb": round(after_init / 1024), "build_s": round(build_s, 1),
-                  "usable_t1": built.counts["t1"]["usable"]}}))
+                  "usable_t1": built.counts["t1"]["usable"], "target_tokens_t1": int(target_tokens),
+                  "set_mb": round(sum(os.path.getsize(f) for f in built.files) / 2**20, 1)}}))
 ray.shutdown()
 """
 
@@ -117,9 +129,10 @@ rows = table.num_rows
 
 
 def training_stream_memory(tmp, quick: bool, whole_split: bool = False) -> list[dict[str, Any]]:
-    """The driver's peak RSS while ``training_stream`` builds and streams the training set of two teachers, at each
-    size: it should stay flat (synthetic rationale files written directly, no generation). ``whole_split`` also
-    measures the whole-split join in one process on the same inputs (what ``train`` did before)."""
+    """The driver's peak RSS while ``training_stream`` builds (joins and tokenises) and streams the training set of
+    two teachers, at each size: it should stay flat (synthetic rationale files written directly, no generation).
+    ``whole_split`` also measures the whole-split join in one process on the same inputs (what ``train`` did
+    before)."""
     import shutil
 
     from benchmarks.driver import _peak_rss
@@ -130,7 +143,7 @@ def training_stream_memory(tmp, quick: bool, whole_split: bool = False) -> list[
         inputs_s = write_stream_inputs(root, size)
         print(f"[bench] scale: driver memory streaming {size} problems x 2 teachers", flush=True)
         out.append({"problems": size, "write_inputs_s": inputs_s,
-                    **_peak_rss("", _STREAM_WORK.format(root=str(root)))})
+                    **_peak_rss("", _STREAM_WORK.format(root=str(root), student=MODELS["tiny"]["model"]))})
         if whole_split:
             print(f"[bench] scale: driver memory joining {size} problems x 2 teachers in one process", flush=True)
             out[-1]["whole_split"] = _peak_rss("", _WHOLE_SPLIT_WORK.format(root=str(root)))
@@ -220,7 +233,7 @@ class ScaleResult(SectionResult):
             rows.append(("scale driver memory", f"training set of {r['problems']} problems x 2 teachers",
                          fmt(r["seconds"], 2), "", "", "",
                          f"driver peak RSS {r['peak_rss_mb']} MB (after ray.init {r['rss_after_ray_init_mb']} MB; "
-                         f"build {r['build_s']} s)"))
+                         f"build {r['build_s']} s, set {r.get('set_mb')} MB)"))
             if "whole_split" in r:
                 rows.append(("scale driver memory", f"whole-split join of {r['problems']} problems x 2 teachers",
                              fmt(r["whole_split"]["seconds"], 2), "", "", "",

@@ -82,7 +82,7 @@ def make_loop(out_path: str, per_variant: int):
             if "raydata" in variant:
                 pull()
             marks.append(time.perf_counter())
-            groups = collate.grouped({k: list(v) for k, v in raw.items()}, spec.length_groups)
+            groups = collate.grouped(raw, spec.length_groups)
             marks.append(time.perf_counter())
             forward = engine if variant.startswith("deepspeed") else plain_model
             losses = [per_sequence_loss(forward(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits,

@@ -54,6 +54,26 @@ def training_schema(teachers: list[str]) -> pa.Schema:
     )
 
 
+def prompt_ids_column(task_column: str) -> str:
+    return f"prompt_ids__{task_column}"
+
+
+def target_ids_column(task_column: str) -> str:
+    return f"target_ids__{task_column}"
+
+
+TOKEN_IDS = pa.list_(pa.int32())
+
+
+# The training set the Train workers read (training_tokens.tokenise_table): a row of the training schema with each
+# task (its column there: "answer", "rationale__<teacher>") as the student's token ids of its prompt and of its
+# target, both null where the task has no target.
+def training_token_schema(task_columns: list[str]) -> pa.Schema:
+    return pa.schema([pa.field("id", pa.string(), nullable=False)] + [
+        pa.field(name(column), TOKEN_IDS) for column in task_columns
+        for name in (prompt_ids_column, target_ids_column)])
+
+
 class ArtifactError(TinyLLMError, ValueError):
     """An artifact on disk is missing, incomplete or does not match its schema."""
 

@@ -29,7 +29,7 @@ from tinyllm_ray.console import current as console
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import RATIONALE_SCHEMA, read_manifest, read_table, write_manifest
 from tinyllm_ray.train_plan import (TrainingError, WorkerSpec, micro_step_plan, read_state, student_fingerprint,
-                                    trained_settings, worker_spec)
+                                    tokenisation, trained_settings, worker_spec)
 from tinyllm_ray.train_worker import default_loop
 
 __all__ = ["TrainingError", "WorkerSpec", "final_export", "load_rationales", "micro_step_plan", "train",
@@ -83,14 +83,15 @@ def train(config: JobConfig, force: bool = False, layout: RunLayout | None = Non
     if force and (layout.train_storage / run_name).exists():
         # Same settings, but a retrain was asked for: Train V2 would otherwise resume (or reuse) the stored run.
         shutil.rmtree(layout.train_storage / run_name)
-    # Joined, filtered and shuffled in Ray Data tasks (the driver keeps file names and counts, never the split), in
-    # a seeded order of the ids, and ingested in order: every attempt of the run (after a worker failure, or a
+    # Joined, filtered, tokenised and shuffled in Ray Data tasks (the driver keeps file names and counts, never the
+    # split), in a seeded order of the ids, and ingested in order: every attempt of the run (after a worker failure, or a
     # re-run after the driver died) streams the same rows to the same rank, so resuming can skip exactly the
     # micro-batches a checkpoint already covers.
     set_folder = layout.train_storage / f"{run_name}.training_set"
     try:
-        training_set = build_training_set(layout, [t.name for t in teachers], set_folder, training.data_fraction,
-                                          training.seed, training.rationale_filter)
+        training_set = build_training_set(layout, [t.name for t in teachers], set_folder,
+                                          tokenisation(config, model_path), training.data_fraction, training.seed,
+                                          training.rationale_filter)
         result, spec, start = _fit(config, layout, training_set, model_path, seq2seq, run_name, loop)
     finally:  # derived from the inputs: a re-run builds the same set again
         shutil.rmtree(set_folder, ignore_errors=True)

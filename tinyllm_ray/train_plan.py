@@ -18,6 +18,7 @@ from tinyllm_ray.config import JobConfig, MetricsConfig, TrainingConfig, fingerp
 from tinyllm_ray.errors import TinyLLMError
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.training_data import Task, tasks_for
+from tinyllm_ray.training_tokens import Tokenisation
 
 
 class TrainingError(TinyLLMError, RuntimeError):
@@ -53,10 +54,6 @@ class WorkerSpec:
     """Micro-batches every rank trains on per epoch (:func:`micro_step_plan`): the same on every rank."""
     total_micro_steps: int
     """Micro-batches every rank trains on in the whole run: whole accumulation windows, at most all epochs."""
-    max_input_tokens: int
-    """Prompt tokens kept per sequence (longer prompts keep their task prefix and their end)."""
-    max_target_tokens: int
-    """Target tokens kept per sequence, end-of-sequence token included."""
     length_groups: int
     """Forward passes per micro-batch, its sequences grouped by length; one loss over all of them."""
     log_every_steps: int
@@ -101,8 +98,8 @@ class WorkerSpec:
                 problems.append(f"total_micro_steps {self.total_micro_steps} ends inside an accumulation window")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.epochs < 1:
             problems.append("learning_rate must be > 0, weight_decay and warmup_steps >= 0, epochs >= 1")
-        if self.max_input_tokens < 1 or self.max_target_tokens < 2 or self.length_groups < 1:
-            problems.append("max_input_tokens >= 1, max_target_tokens >= 2 and length_groups >= 1 are needed")
+        if self.length_groups < 1:
+            problems.append("length_groups >= 1 is needed")
         if self.log_every_steps < 1 or (self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1):
             problems.append("log_every_steps and checkpoint_every_steps must be >= 1")
         if problems:
@@ -132,20 +129,26 @@ def worker_spec(config: JobConfig, layout: RunLayout, model_path: str, seq2seq: 
 
     training = config.training
     per_epoch, total = micro_step_plan(training_rows, training)
-    teachers = config.distilled_teachers()
     return WorkerSpec(
-        model_path=model_path, seq2seq=seq2seq,
-        tasks=tuple(tasks_for(config.prompts.task_prefix, training.answer_weight,
-                              [(t.name, t.rationale_prefix, config.alpha_for(t.name)) for t in teachers])),
+        model_path=model_path, seq2seq=seq2seq, tasks=tokenisation(config, model_path).tasks,
         deepspeed=build_deepspeed_config(training, training.num_workers),
         learning_rate=training.learning_rate, weight_decay=training.weight_decay, warmup_steps=training.warmup_steps,
         seed=training.seed, epochs=training.epochs, micro_steps_per_epoch=per_epoch, total_micro_steps=total,
-        max_input_tokens=config.student.max_input_tokens, max_target_tokens=config.student.max_target_tokens,
         length_groups=run_length_groups(training), log_every_steps=training.log_every_steps,
         checkpoint_every_steps=training.checkpoint_every_steps, metrics=config.metrics,
         metrics_dir=str(layout.metrics / "train"), experiment=config.name,
         # MLflow / W&B run: the job, or the sweep trial (its folder name) with the job
         metrics_run=config.name if layout.work == layout.root else f"{config.name}-{layout.work.name}")
+
+
+def tokenisation(config: JobConfig, model_path: str) -> Tokenisation:
+    """How the training set of ``config``'s student is tokenised (where it is built): the student's tokenizer, the
+    tasks (the answer, then each distilled teacher with its rationale prefix and alpha) and the student's limits."""
+    teachers = config.distilled_teachers()
+    tasks = tasks_for(config.prompts.task_prefix, config.training.answer_weight,
+                      [(t.name, t.rationale_prefix, config.alpha_for(t.name)) for t in teachers])
+    return Tokenisation(model_path=model_path, tasks=tuple(tasks), max_input_tokens=config.student.max_input_tokens,
+                        max_target_tokens=config.student.max_target_tokens)
 
 
 # ---------------------------------------------------------------- the plan

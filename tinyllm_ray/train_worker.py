@@ -55,7 +55,7 @@ class WorkerState:
     engine: Any  # deepspeed.DeepSpeedEngine wrapping the student
     scheduler: Any  # the engine's learning-rate scheduler (torch LambdaLR)
     tokenizer: Any
-    collator: Any  # training_data.Collator
+    collator: Any  # training_tokens.Collator: pads and stacks the stream's token ids
     shard: Any  # this rank's ray.data.DataIterator of the training table
     task_weights: Any  # torch tensor: loss weight per task id
     rank: int
@@ -90,7 +90,7 @@ def setup(spec: WorkerSpec) -> WorkerState | None:
     from transformers import AutoTokenizer
 
     from tinyllm_ray.runtime import allocator_in_use
-    from tinyllm_ray.training_data import Collator
+    from tinyllm_ray.training_tokens import Collator, with_pad_token
 
     resume = _read_resume_state(ray.train.get_checkpoint())
     if resume is not None and resume["kind"] == FINAL:
@@ -100,7 +100,7 @@ def setup(spec: WorkerSpec) -> WorkerState | None:
     rank = ray.train.get_context().get_world_rank()
     worker_nodes = _gather_node_ids()
     ds_config = copy.deepcopy(dict(spec.deepspeed))  # DeepSpeed may write into the dict it is given
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(spec.model_path))  # exported with the student
     keep_alive = None
     if spec.zero_stage == 3:
         from transformers.integrations import HfDeepSpeedConfig
@@ -118,7 +118,7 @@ def setup(spec: WorkerSpec) -> WorkerState | None:
                         worker_nodes=worker_nodes, allocator=allocator_in_use(), keep_alive=keep_alive)
     if resume is not None:
         _restore(state, resume)
-    state.collator = Collator(tokenizer, spec.tasks, spec.seq2seq, spec.max_input_tokens, spec.max_target_tokens)
+    state.collator = Collator(spec.tasks, spec.seq2seq, tokenizer.pad_token_id)
     state.shard = ray.train.get_dataset_shard("train")
     state.started = time.time()
     return state
@@ -204,7 +204,7 @@ def _loss_step(state: WorkerState, raw: Mapping[str, Any]):
 
     engine, seq2seq = state.engine, state.spec.seq2seq
     seq_losses, task_ids, tokens = [], [], 0
-    for group in state.collator.grouped({k: list(v) for k, v in raw.items()}, state.spec.length_groups):
+    for group in state.collator.grouped(raw, state.spec.length_groups):
         batch = {k: v.to(engine.device) for k, v in group.items()}
         seq_losses.append(per_sequence_loss(_logits(engine, batch, seq2seq), batch["labels"], shift=not seq2seq))
         task_ids.append(batch["task_ids"])

@@ -4,11 +4,21 @@ dataset grows; benchmarks/RESULTS.md).
 :func:`build_training_set` runs two rounds of Ray Data tasks (the plan is :mod:`tinyllm_ray.training_stream_plan`):
 scatter tasks read the frozen problems and every teacher's rationale files in pieces of whole row groups and write each
 row into the bucket of its id's order key; join tasks each join one bucket's problems with its teachers' rows
-(:func:`training_data.build_training_table`: the same outcomes, filter and counts as joining the whole split at once)
-and write that bucket of the training set. The driver keeps the file list, the row count and the per-teacher counts.
-:func:`training_dataset` streams those files in order to the Train workers. Ray Data's own ``Dataset.join`` is not
-used: it needs polars (not a dependency) and a repeated id in hand-edited rationale files would multiply rows, where
-the pure join keeps one row per id.
+(:func:`training_data.build_training_table`: the same outcomes, filter and counts as joining the whole split at once),
+tokenise it with the student's tokenizer (:func:`training_tokens.tokenise_table`) and write that bucket of the
+training set as token ids. The driver keeps the file list, the row count and the per-teacher counts.
+:func:`training_dataset` streams those files in order to the Train workers, whose collator only pads and stacks.
+Ray Data's own ``Dataset.join`` is not used: it needs polars (not a dependency) and a repeated id in hand-edited
+rationale files would multiply rows, where the pure join keeps one row per id.
+
+Why the join tasks tokenise, not a ``map_batches`` over the stream: each row is tokenised once per build, not once
+per epoch, in tasks that already hold the bucket's rows, and no tokenising operator shares the CPUs with the
+training workers while they train; the driver holds no more than before (file names and counts). A set's tokens
+depend on :class:`training_tokens.Tokenisation` (the tokenizer's folder, the task prefixes, the truncation limits);
+no set outlives the ``train`` call that built it (it is rebuilt from the inputs by every call, the same rows in the
+same order, and deleted after the fit), so no set is ever read with other settings than it was built with. A worker
+group that restarts mid-fit re-reads the same files; a re-run after the driver died resumes the Train run whose name
+carries the student fingerprint, which covers the student model, its limits and the prefixes.
 """
 
 from __future__ import annotations
@@ -27,32 +37,38 @@ import pyarrow as pa
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.problems import require_frozen_problems
 from tinyllm_ray.schemas import (PROBLEM_SCHEMA, REWRITE_HINT, ArtifactError, conform, read_manifest,
-                                 training_schema, write_table)
+                                 training_token_schema, write_table)
 from tinyllm_ray.training_stream_plan import (BUCKET_ROWS, KEY, PIECE_PROBLEM_SCHEMA, PIECE_RATIONALE_SCHEMA,
                                               POSITION, SCATTER_ROWS, ReadPiece, bucket_count, buckets_of,
                                               kept_positions, merge_counts, order_keys, piece_dir, read_plan,
                                               set_file, training_rows)
+from tinyllm_ray.training_tokens import Tokenisation
 
 SET_ROW_GROUP = 1024  # rows per row group of the built set: Ray Data reads a bucket file in several blocks
 
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """A built training set: its bucket files in training order, its rows, and the per-teacher outcome counts."""
+    """A built training set: its bucket files in training order, its rows, the per-teacher outcome counts, and the
+    columns of its tasks (``training_token_schema``)."""
 
     files: tuple[str, ...]
     rows: int
     counts: dict[str, dict[str, int]]
-    teachers: tuple[str, ...]
+    task_columns: tuple[str, ...]
 
 
-def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path, fraction: float = 1.0,
-                       seed: int = 0, rationale_filter: Any = None, scatter_rows: int = SCATTER_ROWS,
-                       bucket_rows: int = BUCKET_ROWS) -> TrainingSet:
-    """Join the frozen train split with ``teachers``' rationales into Parquet files under ``folder`` (replaced),
-    in Ray Data tasks; ``fraction`` and ``seed`` are ``training.data_fraction`` and ``training.seed``, the row
-    counts the sizes of a scatter task's read and of a join bucket."""
+def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path, tokenisation: Tokenisation,
+                       fraction: float = 1.0, seed: int = 0, rationale_filter: Any = None,
+                       scatter_rows: int = SCATTER_ROWS, bucket_rows: int = BUCKET_ROWS) -> TrainingSet:
+    """Join the frozen train split with ``teachers``' rationales and tokenise it by ``tokenisation`` (its tasks:
+    the answer, then ``teachers`` in order) into Parquet files under ``folder`` (replaced), in Ray Data tasks;
+    ``fraction`` and ``seed`` are ``training.data_fraction`` and ``training.seed``, the row counts the sizes of a
+    scatter task's read and of a join bucket."""
     import ray
+
+    if tokenisation.columns != ["answer"] + [f"rationale__{name}" for name in teachers]:
+        raise ValueError(f"tokenisation tasks {tokenisation.columns} are not the answer and teachers {list(teachers)}")
 
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -70,7 +86,7 @@ def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path,
         with _bad_artifacts_named():
             ray.data.from_items(items, override_num_blocks=len(items)).map(scatter).materialize()
     join = functools.partial(_join, scratch=str(scratch), folder=str(folder), teachers=list(teachers),
-                             rationale_filter=rationale_filter)
+                             rationale_filter=rationale_filter, tokenisation=tokenisation)
     summary = ray.data.from_items([{"bucket": b} for b in range(buckets)], override_num_blocks=buckets).map(join)
     with _bad_artifacts_named():
         done = sorted(summary.take_all(), key=lambda row: row["bucket"])
@@ -80,14 +96,14 @@ def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path,
         raise RuntimeError(f"training set under {folder} has {built} rows, expected {rows}")
     return TrainingSet(files=tuple(str(set_file(folder, int(row["bucket"]))) for row in done if row["rows"]),
                        rows=built, counts=merge_counts((json.loads(row["counts"]) for row in done), teachers),
-                       teachers=tuple(teachers))
+                       task_columns=tuple(tokenisation.columns))
 
 
 def training_dataset(training_set: TrainingSet):
-    """The built set as a Ray Data stream, in training order (ingested with ``preserve_order``)."""
+    """The built set as a Ray Data stream of token rows, in training order (ingested with ``preserve_order``)."""
     import ray
 
-    schema = training_schema(list(training_set.teachers))
+    schema = training_token_schema(list(training_set.task_columns))
     if not training_set.files:
         return ray.data.from_arrow(schema.empty_table())
     return ray.data.read_parquet(list(training_set.files), schema=schema, shuffle=None)
@@ -211,13 +227,14 @@ def _scatter(item: Mapping[str, Any], scratch: str, buckets: int, problems: int,
     return {"index": index, "start": piece.start, "rows": table.num_rows}
 
 
-def _join(item: Mapping[str, Any], scratch: str, folder: str, teachers: list[str],
-          rationale_filter: Any) -> dict[str, Any]:
+def _join(item: Mapping[str, Any], scratch: str, folder: str, teachers: list[str], rationale_filter: Any,
+          tokenisation: Tokenisation) -> dict[str, Any]:
     """One bucket of the training set: its problems in key order joined with each teacher's rows of the bucket in
-    file order (so a repeated id keeps the row the whole-split join would)."""
+    file order (so a repeated id keeps the row the whole-split join would), tokenised."""
     import pyarrow.compute as pc
 
     from tinyllm_ray.training_data import build_training_table
+    from tinyllm_ray.training_tokens import tokenise_table
 
     bucket = int(item["bucket"])
     problems = _pieces(piece_dir(Path(scratch), 0, bucket), PIECE_PROBLEM_SCHEMA)
@@ -229,6 +246,7 @@ def _join(item: Mapping[str, Any], scratch: str, folder: str, teachers: list[str
         rows = _pieces(piece_dir(Path(scratch), index, bucket), PIECE_RATIONALE_SCHEMA)
         rationales[name] = rows.take(pc.sort_indices(rows, [(POSITION, "ascending")])).drop_columns([POSITION])
     table, counts = build_training_table(problems, rationales, rationale_filter)
+    table = tokenise_table(table, _tokenizer(tokenisation.model_path), tokenisation)
     write_table(table, set_file(Path(folder), bucket), row_group_size=SET_ROW_GROUP)
     return {"bucket": bucket, "rows": table.num_rows, "counts": json.dumps(counts)}
 
@@ -238,3 +256,11 @@ def _pieces(directory: Path, schema: pa.Schema) -> pa.Table:
 
     files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
     return pa.concat_tables([schema.empty_table()] + [pq.read_table(f).cast(schema) for f in files])
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model_path: str):
+    """The student's tokenizer, loaded once per worker process (Ray Data reuses them across join tasks)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)

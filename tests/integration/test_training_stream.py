@@ -1,5 +1,7 @@
 """The training set built in Ray Data tasks on a real local cluster: the same rows and per-teacher counts as the
-whole-split join (``build_training_table``), in the same order every build, streamed in that order."""
+whole-split join (``build_training_table``) tokenised in one process (``tokenise_table``, the tiny student's
+tokenizer), in the same order every build, streamed in that order; the numpy batches the Train workers pull collate
+to the same tensors."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from tinyllm_ray.config import RationaleFilter
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, ArtifactError, write_manifest
 from tinyllm_ray.train import load_rationales
-from tinyllm_ray.training_data import build_training_table, take_fraction
+from tinyllm_ray.training_data import build_training_table, take_fraction, tasks_for
 from tinyllm_ray.training_stream import build_training_set, training_dataset
 from tinyllm_ray.training_stream_plan import order_keys
+from tinyllm_ray.training_tokens import Collator, Tokenisation, tokenise_table
 
 PROBLEMS = 40
 
@@ -72,9 +75,29 @@ def layout(tmp_path_factory) -> RunLayout:
     return layout
 
 
-def _whole_split(layout: RunLayout, fraction: float = 1.0, seed: int = 0, rationale_filter=None):
+@pytest.fixture(scope="module")
+def tokens() -> Tokenisation:
+    """The tiny student's tokenizer, limits that truncate some prompts and targets."""
+    from tinyllm_ray.models import resolve_model
+
+    tasks = tasks_for("predict: ", 1.0, [("a", "explain: ", 0.5), ("b", "rationale: ", 1.0)])
+    return Tokenisation(resolve_model("builtin:tiny-llama"), tuple(tasks), 24, 8)
+
+
+def _for(tokens: Tokenisation, teachers: list[str]) -> Tokenisation:
+    """``tokens`` for the answer and ``teachers`` only."""
+    tasks = tasks_for("predict: ", 1.0, [(name, "explain: ", 1.0) for name in teachers])
+    return Tokenisation(tokens.model_path, tuple(tasks), tokens.max_input_tokens, tokens.max_target_tokens)
+
+
+def _whole_split(layout: RunLayout, tokens: Tokenisation, fraction: float = 1.0, seed: int = 0,
+                 rationale_filter=None):
+    from transformers import AutoTokenizer
+
     problems = take_fraction(pq.read_table(layout.problem_file("train")).cast(PROBLEM_SCHEMA), fraction, seed)
-    return build_training_table(problems, {t: load_rationales(layout, t) for t in ("a", "b")}, rationale_filter)
+    table, counts = build_training_table(problems, {t: load_rationales(layout, t) for t in ("a", "b")},
+                                         rationale_filter)
+    return tokenise_table(table, AutoTokenizer.from_pretrained(tokens.model_path), tokens), counts
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +118,11 @@ def _streamed(training_set) -> pa.Table:
 @pytest.mark.parametrize("fraction,rationale_filter", [(1.0, None), (1.0, RationaleFilter()),
                                                        (0.6, RationaleFilter(drop_truncated=True))],
                          ids=["all-no-filter", "all-default-filter", "fraction-and-truncated-filter"])
-def test_stream_holds_the_whole_split_join_rows_and_counts(ray_cluster, layout, tmp_path, fraction,
+def test_stream_holds_the_whole_split_join_rows_and_counts(ray_cluster, layout, tokens, tmp_path, fraction,
                                                            rationale_filter):
-    expected, expected_counts = _whole_split(layout, fraction, 3, rationale_filter)
-    built = build_training_set(layout, ["a", "b"], tmp_path / "set", fraction, 3, rationale_filter,
+    expected, expected_counts = _whole_split(layout, tokens, fraction, 3, rationale_filter)
+    assert expected.column("target_ids__rationale__a").null_count > 0  # some rows have no rationale of a
+    built = build_training_set(layout, ["a", "b"], tmp_path / "set", tokens, fraction, 3, rationale_filter,
                                scatter_rows=7, bucket_rows=6)
     assert len(built.files) > 1  # several buckets were joined apart
     assert built.counts == expected_counts and built.rows == expected.num_rows
@@ -108,29 +132,47 @@ def test_stream_holds_the_whole_split_join_rows_and_counts(ray_cluster, layout, 
 
 
 @pytest.mark.parametrize("datasource_v2", [False, True], ids=["parquet-v1", "parquet-v2"])
-def test_two_builds_stream_the_same_seeded_order(ray_cluster, layout, tmp_path, datasource_v2, monkeypatch):
+def test_two_builds_stream_the_same_seeded_order(ray_cluster, layout, tokens, tmp_path, datasource_v2, monkeypatch):
     from ray.data import DataContext
 
     monkeypatch.setattr(DataContext.get_current(), "use_datasource_v2", datasource_v2)  # runtime.connect: v1
-    first = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "one", seed=7, scatter_rows=5,
+    first = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "one", tokens, seed=7, scatter_rows=5,
                                          bucket_rows=4)).column("id").to_pylist()
-    second = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "two", seed=7, scatter_rows=50,
+    second = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "two", tokens, seed=7, scatter_rows=50,
                                           bucket_rows=9)).column("id").to_pylist()
-    other_seed = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "three", seed=8)).column("id")
+    other_seed = _streamed(build_training_set(layout, ["a", "b"], tmp_path / "three", tokens, seed=8)).column("id")
     assert first == second  # same seed: same order, whatever the task and bucket sizes
     assert first == sorted(first, key=lambda i: (order_keys([i], 7)[0], i))
     assert first != sorted(first) and first != other_seed.to_pylist()
 
 
-def test_answer_only_and_missing_rationales(ray_cluster, layout, tmp_path):
-    built = build_training_set(layout, [], tmp_path / "none")
+def test_numpy_batches_collate_like_the_rows_tokenised_in_one_process(ray_cluster, layout, tokens, tmp_path):
+    """What the Train worker pulls (``iter_batches(batch_format="numpy")``: list columns as object arrays, None
+    where a task has no target) pads to the tensors of the same rows tokenised in one process."""
+    expected, _ = _whole_split(layout, tokens)
+    built = build_training_set(layout, ["a", "b"], tmp_path / "set", tokens, bucket_rows=100)
+    collate = Collator(tokens.tasks, False, pad_token_id=0)
+    pulled = list(training_dataset(built).iter_batches(batch_size=8, batch_format="numpy"))
+    by_id = {row["id"]: row for row in expected.to_pylist()}
+    for batch in pulled:
+        rows = [by_id[i] for i in batch["id"]]
+        same = collate.grouped({k: [r[k] for r in rows] for k in expected.column_names}, 2)
+        assert [{k: v.tolist() for k, v in g.items()} for g in collate.grouped(batch, 2)] == \
+            [{k: v.tolist() for k, v in g.items()} for g in same]
+    assert sum(len(b["id"]) for b in pulled) == PROBLEMS
+
+
+def test_answer_only_and_missing_rationales(ray_cluster, layout, tokens, tmp_path):
+    built = build_training_set(layout, [], tmp_path / "none", _for(tokens, []))
     assert built.counts == {} and built.rows == PROBLEMS
-    assert _streamed(built).column_names == ["id", "input", "answer"]
+    assert _streamed(built).column_names == ["id", "prompt_ids__answer", "target_ids__answer"]
     with pytest.raises(ArtifactError, match="rationales for teacher 'nobody' are missing"):
-        build_training_set(layout, ["nobody"], tmp_path / "nobody")
+        build_training_set(layout, ["nobody"], tmp_path / "nobody", _for(tokens, ["nobody"]))
+    with pytest.raises(ValueError, match="not the answer and teachers"):
+        build_training_set(layout, ["a"], tmp_path / "mismatch", tokens)
 
 
-def test_a_bad_rationale_file_is_named(ray_cluster, layout, tmp_path):
+def test_a_bad_rationale_file_is_named(ray_cluster, layout, tokens, tmp_path):
     """Column types are checked from the footers in the driver; nulls where the rows are read, in a task."""
     import shutil
 
@@ -142,8 +184,8 @@ def test_a_bad_rationale_file_is_named(ray_cluster, layout, tmp_path):
     rows = [_rationale("a", 0, "fine"), {**_rationale("a", 1, "fine"), "id": None}]
     pq.write_table(pa.Table.from_pylist(rows), folder / "shard-000000.parquet")
     with pytest.raises(ArtifactError, match=r"shard-000000\.parquet: column 'id' has null values"):
-        build_training_set(bad, ["a"], tmp_path / "set")
+        build_training_set(bad, ["a"], tmp_path / "set", _for(tokens, ["a"]))
     pq.write_table(pa.table({"id": ["p000"], "rationale": [["not", "text"]], "error": [None], "finish_reason": ["stop"]}),
                    folder / "shard-000000.parquet")
     with pytest.raises(ArtifactError, match=r"shard-000000\.parquet: columns do not match the expected schema"):
-        build_training_set(bad, ["a"], tmp_path / "set")
+        build_training_set(bad, ["a"], tmp_path / "set", _for(tokens, ["a"]))

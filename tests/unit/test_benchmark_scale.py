@@ -28,8 +28,8 @@ def test_stream_inputs_are_valid_artifacts(tmp_path):
 def test_training_stream_rows():
     result = ScaleResult("scale", {"training_stream": [
         {"problems": 10_000, "seconds": 12.5, "peak_rss_mb": 300, "rss_after_ray_init_mb": 250, "build_s": 8.0,
-         "whole_split": {"seconds": 3.0, "peak_rss_mb": 400}}]})
+         "set_mb": 12.5, "whole_split": {"seconds": 3.0, "peak_rss_mb": 400}}]})
     rows = result.rows()
-    assert rows[0][1] == "training set of 10000 problems x 2 teachers" and "peak RSS 300 MB" in rows[0][-1]
+    assert rows[0][1] == "training set of 10000 problems x 2 teachers" and "peak RSS 300 MB" in rows[0][-1] and "set 12.5 MB" in rows[0][-1]
     assert rows[1][1] == "whole-split join of 10000 problems x 2 teachers" and "peak RSS 400 MB" in rows[1][-1]
     assert all(len(row) == len(common.HEADER) for row in rows)

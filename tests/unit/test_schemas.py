@@ -19,6 +19,7 @@ from tinyllm_ray.schemas import (
     read_rows,
     read_table,
     training_schema,
+    training_token_schema,
     write_manifest,
     write_table,
 )
@@ -89,6 +90,14 @@ def test_training_schema():
     schema = training_schema(["a", "b"])
     assert schema.names == ["id", "input", "answer", "rationale__a", "rationale__b"]
     assert not schema.field("answer").nullable and schema.field("rationale__a").nullable
+
+
+def test_training_token_schema():
+    schema = training_token_schema(["answer", "rationale__a"])
+    assert schema.names == ["id", "prompt_ids__answer", "target_ids__answer", "prompt_ids__rationale__a",
+                            "target_ids__rationale__a"]
+    assert schema.field("target_ids__answer").type == pa.list_(pa.int32())
+    assert not schema.field("id").nullable and schema.field("prompt_ids__rationale__a").nullable
 
 
 # ---------------------------------------------------------------- Parquet round trips

@@ -1,17 +1,14 @@
-"""Training table join and the multi-task collator, with a tiny word-level tokenizer built in memory."""
+"""The training table: its tasks, the join of problems with teachers' rationales, the sequences of a row, and the
+micro-batches of a pull (tokenisation and collation: test_training_tokens.py)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from tinyllm_ray import prompts
-from tinyllm_ray.losses import IGNORE_INDEX
 from tinyllm_ray.schemas import PROBLEM_SCHEMA, RATIONALE_SCHEMA, training_schema
-from tinyllm_ray.training_data import Collator, build_training_table, micro_batches, tasks_for, usable_rationale
+from tinyllm_ray.training_data import build_training_table, micro_batches, task_pairs, tasks_for, usable_rationale
 
 PROBLEMS = [
     {"id": "p1", "dataset": "demo", "split": "train", "question": "What melts ice?",
@@ -21,26 +18,6 @@ PROBLEMS = [
     {"id": "p3", "dataset": "demo", "split": "train", "question": "Which gas do plants absorb?",
      "choices": ["oxygen", "carbon dioxide"], "answer_index": 1, "answer": "carbon dioxide", "context": None},
 ]
-
-CORPUS = [
-    "predict : explain : rationale : Answer Choices ( a ) ( b ) ( c ) ( d )",
-    "What melts ice ? heat cold What do fish breathe with ? lungs gills Fish live in water .",
-    "Which gas do plants absorb ? oxygen carbon dioxide because heat is warm and gills take oxygen from water",
-    " ".join(f"w{i}" for i in range(200)),
-]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def ids(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
-
 
 def rationale_rows(teacher: str, rows: list[tuple[str, str, str | None]]) -> pa.Table:
     records = [{
@@ -211,117 +188,21 @@ def test_filter_never_keeps_empty_or_failed_rationales():
     assert counts["a"]["dropped_empty"] == 1 and counts["a"]["failed"] == 1 and counts["a"]["usable"] == 0
 
 
-# ---------------------------------------------------------------- collation
+# ---------------------------------------------------------------- the sequences of a row
 
-def batch_of(rows: list[dict]) -> dict[str, list]:
-    return {key: [r.get(key) for r in rows] for key in rows[0]}
-
-
-ROWS = [
-    {"id": "p1", "input": "What melts ice ?", "answer": "heat", "rationale__a": "heat is warm", "rationale__b": None},
-    {"id": "p2", "input": "What do fish breathe with ?", "answer": "gills",
-     "rationale__a": "gills take oxygen from water", "rationale__b": "  "},
-]
-
-
-def test_pairs_skip_missing_rationales(tokenizer):
-    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
-    pairs = collator.pairs(batch_of(ROWS))
-    assert pairs == [
-        (0, "predict: What melts ice ?\n", "heat"),
-        (1, "explain: What melts ice ?\n", "heat is warm"),
-        (0, "predict: What do fish breathe with ?\n", "gills"),
-        (1, "explain: What do fish breathe with ?\n", "gills take oxygen from water"),
+def test_task_pairs_skip_missing_and_blank_targets():
+    rows = [
+        {"id": "p1", "input": "What melts ice ?", "answer": "heat", "rationale__a": "heat is warm",
+         "rationale__b": None},
+        {"id": "p2", "input": "What do fish breathe with ?", "answer": "gills",
+         "rationale__a": "gills take oxygen from water", "rationale__b": "  "},
     ]
-
-
-def test_pairs_tolerate_absent_columns(tokenizer):
-    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
-    batch = {"input": ["What melts ice ?"], "answer": ["heat"]}
-    assert [task for task, _, _ in collator.pairs(batch)] == [0]
-
-
-def test_decoder_only_collation(tokenizer):
-    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
-    out = collator(batch_of(ROWS))
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    assert set(out) == {"input_ids", "attention_mask", "labels", "task_ids"}
-    assert out["task_ids"].tolist() == [0, 1, 0, 1]
-    assert all(v.dtype == torch.long for v in out.values())
-    assert out["input_ids"].shape == out["labels"].shape == out["attention_mask"].shape
-    assert out["input_ids"].shape[0] == 4
-    pairs = collator.pairs(batch_of(ROWS))
-    width = out["input_ids"].shape[1]
-    for row, (_, prompt, target) in enumerate(pairs):
-        p, t = ids(tokenizer, prompt), ids(tokenizer, target) + [eos]
-        n = len(p) + len(t)
-        assert tokenizer.unk_token_id not in p + t  # the fixture vocabulary covers the texts
-        assert out["input_ids"][row].tolist() == p + t + [pad] * (width - n)
-        assert out["labels"][row].tolist() == [IGNORE_INDEX] * len(p) + t + [IGNORE_INDEX] * (width - n)
-        assert out["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
-    assert width == max(len(ids(tokenizer, p)) + len(ids(tokenizer, t)) + 1 for _, p, t in pairs)
-
-
-def test_seq2seq_collation(tokenizer):
-    collator = Collator(tokenizer, TASKS, seq2seq=True, max_input_tokens=64, max_target_tokens=16)
-    out = collator(batch_of(ROWS))
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pairs = collator.pairs(batch_of(ROWS))
-    assert out["task_ids"].tolist() == [0, 1, 0, 1]
-    in_width, label_width = out["input_ids"].shape[1], out["labels"].shape[1]
-    assert in_width == max(len(ids(tokenizer, p)) for _, p, _ in pairs)
-    assert label_width == max(len(ids(tokenizer, t)) + 1 for _, _, t in pairs)
-    for row, (_, prompt, target) in enumerate(pairs):
-        p, t = ids(tokenizer, prompt), ids(tokenizer, target) + [eos]
-        assert out["input_ids"][row].tolist() == p + [pad] * (in_width - len(p))
-        assert out["attention_mask"][row].tolist() == [1] * len(p) + [0] * (in_width - len(p))
-        assert out["labels"][row].tolist() == t + [IGNORE_INDEX] * (label_width - len(t))
-
-
-WORDS = [f"w{i}" for i in range(200)]
-
-
-@pytest.mark.parametrize("seq2seq", [True, False])
-def test_truncation_keeps_prefix_end_of_input_and_start_of_target(tokenizer, seq2seq):
-    long_input = " ".join(WORDS[:100])
-    long_target = " ".join(WORDS[100:200])
-    tasks = tasks_for("predict: ", 1.0, [])
-    collator = Collator(tokenizer, tasks, seq2seq=seq2seq, max_input_tokens=20, max_target_tokens=8)
-    out = collator({"input": [long_input], "answer": [long_target]})
-    eos = tokenizer.eos_token_id
-    prefix_ids = ids(tokenizer, "predict: ")
-    rest_ids = ids(tokenizer, prompts.student_prompt("", long_input))
-    target_ids = ids(tokenizer, long_target)
-    kept_input = prefix_ids + rest_ids[-(20 - len(prefix_ids)):]
-    kept_target = target_ids[:7] + [eos]
-    assert kept_input[-1] == tokenizer.convert_tokens_to_ids("w99")
-    assert kept_target[0] == tokenizer.convert_tokens_to_ids("w100")
-    if seq2seq:
-        assert out["input_ids"][0].tolist() == kept_input
-        assert out["labels"][0].tolist() == kept_target
-    else:
-        assert out["input_ids"][0].tolist() == kept_input + kept_target
-        assert out["labels"][0].tolist() == [IGNORE_INDEX] * 20 + kept_target
-    assert out["input_ids"].shape[1] == (20 if seq2seq else 28)
-
-
-def test_truncation_keeps_task_prefix(tokenizer):
-    long_input = " ".join(WORDS[:100])
-    collator = Collator(tokenizer, TASKS, seq2seq=True, max_input_tokens=20, max_target_tokens=8)
-    out = collator({"input": [long_input], "answer": ["heat"], "rationale__a": ["heat is warm"]})
-    answer_row, rationale_row = out["input_ids"].tolist()
-    assert answer_row[: len(ids(tokenizer, "predict: "))] == ids(tokenizer, "predict: ")
-    assert rationale_row[: len(ids(tokenizer, "explain: "))] == ids(tokenizer, "explain: ")
-    assert answer_row != rationale_row
-
-
-def test_collator_sets_pad_from_eos_when_missing(tokenizer):
-    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", unk_token="<unk>")
-    assert tok.pad_token_id is None
-    collator = Collator(tok, tasks_for("predict: ", 1.0, []), seq2seq=False, max_input_tokens=64, max_target_tokens=8)
-    assert tok.pad_token_id == tok.eos_token_id
-    out = collator({"input": ["What melts ice ?", "What do fish breathe with ?"], "answer": ["heat", "gills"]})
-    assert out["input_ids"].shape[0] == 2
+    batch = {key: [r[key] for r in rows] for key in rows[0]}
+    assert task_pairs(batch, TASKS) == [
+        [(0, "predict: What melts ice ?\n", "heat"), (1, "explain: What melts ice ?\n", "heat is warm")],
+        [(0, "predict: What do fish breathe with ?\n", "gills"),
+         (1, "explain: What do fish breathe with ?\n", "gills take oxygen from water")],
+    ]
 
 
 def test_take_fraction_is_seeded_nested_and_keeps_order():
@@ -336,80 +217,6 @@ def test_take_fraction_is_seeded_nested_and_keeps_order():
     assert take_fraction(table, 0.5, seed=0).column("id").to_pylist() == half  # same seed, same subset
     assert take_fraction(table, 0.5, seed=1).column("id").to_pylist() != half
     assert take_fraction(table, 0.001, seed=0).num_rows == 1  # never empty
-
-
-# ---------------------------------------------------------------- length groups
-
-@pytest.mark.parametrize("seq2seq", [False, True])
-def test_length_groups_partition_and_never_pad_more(seq2seq):
-    import random
-
-    from tinyllm_ray.training_data import length_groups, padded_tokens
-
-    rng = random.Random(0)
-    for _ in range(50):
-        lengths = [(rng.randint(1, 40), rng.randint(1, 30)) for _ in range(rng.randint(1, 14))]
-        previous = None
-        for groups in (1, 2, 3):
-            split = length_groups(lengths, seq2seq, groups)
-            assert sorted(i for g in split for i in g) == list(range(len(lengths)))  # a partition
-            assert 1 <= len(split) <= groups and all(split)
-            padded = sum(padded_tokens([lengths[i] for i in g], seq2seq) for g in split)
-            assert padded >= sum(s + t for s, t in lengths)
-            assert previous is None or padded <= previous  # more groups never pad more
-            previous = padded
-        assert length_groups(lengths, seq2seq, 1) == [sorted(range(len(lengths)),
-                                                             key=lambda i: (sum(lengths[i]), i))]
-
-
-def test_length_groups_separate_answers_from_rationales():
-    from tinyllm_ray.training_data import length_groups
-
-    lengths = [(100, 5), (100, 60), (120, 5), (120, 64), (90, 3), (90, 50)]
-    assert length_groups(lengths, False, 2) == [[4, 0, 2], [5, 1, 3]]
-    assert length_groups([], False, 2) == []
-    assert length_groups([(10, 10)] * 3, False, 3) == [[0, 1, 2]]  # equal lengths: one group is as cheap
-
-
-@pytest.mark.parametrize("seq2seq", [False, True])
-def test_grouped_batches_hold_the_same_sequences_with_less_padding(tokenizer, seq2seq):
-    rows = ROWS + [{"id": "p3", "input": " ".join(f"w{i}" for i in range(30)), "answer": "oxygen",
-                    "rationale__a": " ".join(f"w{i}" for i in range(40, 55)), "rationale__b": "heat is warm"}]
-    collator = Collator(tokenizer, TASKS, seq2seq=seq2seq, max_input_tokens=64, max_target_tokens=16)
-    whole = collator(batch_of(rows))
-    groups = collator.grouped(batch_of(rows), max_groups=2)
-    assert len(groups) == 2
-
-    def sequences(features):
-        out = []
-        for row in range(features["input_ids"].shape[0]):
-            mask = features["attention_mask"][row].bool()
-            labels = features["labels"][row]
-            out.append((int(features["task_ids"][row]), features["input_ids"][row][mask].tolist(),
-                        labels[labels != IGNORE_INDEX].tolist()))
-        return sorted(out)
-
-    assert sorted(s for g in groups for s in sequences(g)) == sequences(whole)
-    padded = sum(g["input_ids"].numel() + (g["labels"].numel() if seq2seq else 0) for g in groups)
-    assert padded < whole["input_ids"].numel() + (whole["labels"].numel() if seq2seq else 0)
-
-
-def test_grouped_loss_equals_one_batch_loss(tokenizer):
-    from tinyllm_ray.losses import multi_task_loss, per_sequence_loss
-
-    torch.manual_seed(0)
-    embedding = torch.nn.Embedding(len(tokenizer), 8)
-    head = torch.nn.Linear(8, len(tokenizer))
-    collator = Collator(tokenizer, TASKS, seq2seq=False, max_input_tokens=64, max_target_tokens=16)
-    weights = torch.tensor([t.weight for t in TASKS])
-
-    def loss_of(groups):
-        losses = [per_sequence_loss(head(embedding(g["input_ids"])), g["labels"], shift=True) for g in groups]
-        return multi_task_loss(torch.cat(losses), torch.cat([g["task_ids"] for g in groups]), weights)[0]
-
-    one = loss_of([collator(batch_of(ROWS))])
-    grouped = loss_of(collator.grouped(batch_of(ROWS), max_groups=3))
-    assert torch.allclose(one, grouped, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows,size,per_pull", [(0, 2, 8), (7, 2, 8), (16, 2, 8), (17, 2, 8), (33, 4, 8), (5, 1, 3),
