@@ -47,7 +47,7 @@ def run(ctx: Context, model_key: str) -> "GenResult":
         if "steady" in t:
             s = t["steady"]
             result["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
-                                        params, peak, s["cached_prompt_tokens"]), "first_shard": s["first_shard"]}
+                                        params, peak, s["cached_prompt_tokens"]), "first_shard": s["first_result"]}
         return result
 
     def texts_written(cfg) -> dict[str, str]:
@@ -92,8 +92,9 @@ def run(ctx: Context, model_key: str) -> "GenResult":
                            "identical_to_pipeline": f"{same}/{len(rdl['texts'])}"}
     if "steady" in rdl:
         s = rdl["steady"]
-        out["ray_data_llm"]["steady"] = rates(s["seconds"], s["problems"], s["prompt_tokens"], s["generated_tokens"],
-                                              params, peak)
+        out["ray_data_llm"]["steady"] = {**rates(s["seconds"], s["problems"], s["prompt_tokens"],
+                                                 s["generated_tokens"], params, peak),
+                                         "first_result": s["first_result"]}
     out["transformers"] = transformers(config, pipeline_text)
     if not quick:
         # the pipeline again after the bare engine and transformers: the comparison is bracketed against this VM's
@@ -133,7 +134,7 @@ class GenResult(SectionResult):
                     f"{p['memory']['ray_worker_max_rss_mb']} MB"))
         if "steady" in p:
             rows.append(gen_row(bench, "pipeline steady", p["steady"],
-                                f"shards {p['steady'].get('first_shard', 2)}..{p['shards']}, "
+                                f"shards {p['steady'].get('first_shard', 2)}..{p['shards']} (past a third), "
                                 f"{g.get('shards_in_flight', 1)} shards of {g['shard_batch']} in flight"))
         after = g.get("pipeline_after", {})
         if "steady" in after:
@@ -163,7 +164,8 @@ class GenResult(SectionResult):
                                 f"first result {r['first_result_seconds']} s, batch {r['batch_size']}, "
                                 f"same text {r['identical_to_pipeline']}"))
             if "steady" in r:
-                rows.append(gen_row(bench, "ray.data.llm steady", r["steady"], "after its first result"))
+                rows.append(gen_row(bench, "ray.data.llm steady", r["steady"],
+                                    f"batches {r['steady']['first_result']}.. (the pipeline's window rule)"))
         h = g["transformers"]
         rows.append(gen_row(bench, "transformers generate", h, f"subset {h['subset']}, batch {h['batch_size']}, "
                             f"same text {h['identical_to_pipeline']}"))

@@ -8,6 +8,8 @@ import gc
 import time
 from typing import Any
 
+from benchmarks.stages import steady_window
+
 
 def render_prompts(config, teacher, tokenizer) -> tuple[list[str], list[str]]:
     """(ids, prompts): the vLLM teacher's own rendering (``teachers.vllm.render_prompt``: demos, chat template...)
@@ -153,20 +155,21 @@ def run_ray_data_llm(config, teacher, model_path: str) -> dict[str, Any]:
                                  "prompt_tokens": row["num_input_tokens"],
                                  "generated_tokens": row["num_generated_tokens"]})
     t = time.time()
-    first_s, first_rows, rows = None, 0, []
+    first_s, rows, arrivals = None, [], []
+    # prefetch_batches=0: by default the iterator hands over a block only once the next one exists (one behind)
     for batch in processor(ray.data.from_items([{"id": i, "prompt": p} for i, p in zip(ids, prompts_)])).iter_batches(
-            batch_size=None, batch_format="pandas"):
-        if first_s is None:
-            first_s, first_rows = time.time() - t, len(batch)
-        rows += batch.to_dict("records")
+            batch_size=None, batch_format="pandas", prefetch_batches=0):
+        first_s = first_s if first_s is not None else time.time() - t
+        records = batch.to_dict("records")
+        arrivals.append((time.time(), len(records), sum(int(r["prompt_tokens"]) for r in records),
+                         sum(int(r["generated_tokens"]) for r in records), 0))
+        rows += records
     seconds = time.time() - t
-    rest = rows[first_rows:]
     out = {"first_result_seconds": round(first_s or seconds, 2), "seconds": seconds, "problems": len(rows),
            "prompt_tokens": sum(int(r["prompt_tokens"]) for r in rows),
            "generated_tokens": sum(int(r["generated_tokens"]) for r in rows),
            "batch_size": teacher.resources.shard_size, "texts": {r["id"]: str(r["text"]).strip() for r in rows}}
-    if len(rest) >= 2 * teacher.resources.shard_size:  # a steady window needs results after the first few
-        out["steady"] = {"seconds": seconds - first_s, "problems": len(rest),
-                         "prompt_tokens": sum(int(r["prompt_tokens"]) for r in rest),
-                         "generated_tokens": sum(int(r["generated_tokens"]) for r in rest)}
+    steady = steady_window(arrivals)  # the pipeline's rule (benchmarks.stages), on the batches as they came
+    if steady:
+        out["steady"] = steady
     return out

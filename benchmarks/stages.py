@@ -12,6 +12,31 @@ from typing import Any
 from benchmarks.common import MemSampler
 
 
+STEADY_AFTER = 1 / 3  # the steady window starts once this share of the rows is out (start-up and lead shards before)
+
+
+def steady_window(results: list[tuple[float, int, int, int, int]],
+                  after: float = STEADY_AFTER) -> dict[str, Any] | None:
+    """The steady state of a run from its results as they came, ``(time, rows, prompt tokens, generated tokens,
+    cached prompt tokens)`` each: the window from the result that takes the rows out past ``after`` of all to the last
+    result, with the work of the results after it. The same rule for the pipeline's shards and a baseline's batches,
+    so both windows hold the same rows when their results are the same size. None without two results after it."""
+    results = sorted(results)
+    total = sum(r[1] for r in results)
+    done = 0
+    for index, result in enumerate(results):
+        done += result[1]
+        if done >= after * total:
+            later = results[index + 1:]
+            if len(later) < 2:
+                return None
+            return {"from": result[0], "seconds": round(results[-1][0] - result[0], 2),
+                    "problems": sum(r[1] for r in later), "prompt_tokens": sum(r[2] for r in later),
+                    "generated_tokens": sum(r[3] for r in later), "cached_prompt_tokens": sum(r[4] for r in later),
+                    "first_result": index + 2}
+    return None
+
+
 def run_pipeline(config) -> dict[str, Any]:
     """The real `generate` stage; start-up vs steady state from the shard files' write times."""
     import pyarrow.parquet as pq
@@ -42,21 +67,15 @@ def run_pipeline(config) -> dict[str, Any]:
                  "prompt_tokens": counts["prompt_tokens"], "generated_tokens": counts["generated_tokens"],
                  "cached_prompt_tokens": counts.get("cached_prompt_tokens", 0), "shards": len(info),
                  "first_shard_after_s": round(info[0]["mtime"] - t0, 2) if info else None}
-        skip = teacher.resources.shards_in_flight
-        if len(info) > skip and teacher.resources.concurrency == 1:
-            # One actor works on `skip` shards at once, so the first `skip` finish close together. Steady state is
-            # the window from the skip-th write to the last, which holds the work of the shards after the first
-            # `skip` (the next shard starts as soon as one finishes).
-            steady_s = info[-1]["mtime"] - info[skip - 1]["mtime"]
-            later = info[skip:]
-            entry["steady"] = {"seconds": round(steady_s, 2), "problems": sum(i["rows"] for i in later),
-                               "prompt_tokens": sum(i["prompt"] for i in later),
-                               "cached_prompt_tokens": sum(i["cached"] for i in later),
-                               "generated_tokens": sum(i["gen"] for i in later), "first_shard": skip + 1}
-            # stage start -> the first `skip` shards written, minus their time at the steady rate: Ray Data set-up
-            # + actor/engine start
-            first = sum(i["rows"] for i in info[:skip]) * steady_s / max(entry["steady"]["problems"], 1)
-            entry["startup_estimate_s"] = round(info[skip - 1]["mtime"] - t0 - first, 2)
+        if teacher.resources.concurrency == 1:
+            steady = steady_window([(i["mtime"], i["rows"], i["prompt"], i["gen"], i["cached"]) for i in info])
+            if steady:
+                entry["steady"] = steady
+                # stage start -> the results before the window, minus their time at the steady rate: Ray Data
+                # set-up + actor/engine start
+                before = counts["rows"] - steady["problems"]
+                entry["startup_estimate_s"] = round(steady["from"] - t0 - before * steady["seconds"]
+                                                    / max(steady["problems"], 1), 2)
         out["teachers"][teacher.name] = entry
     return out
 

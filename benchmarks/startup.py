@@ -1,14 +1,24 @@
-"""Section ``startup``: ``tinyllm-ray run tiny`` as a subprocess, seconds to the first rationale shard on disk and to
-the first ``[train] step`` line. It runs first, before the benchmark starts its own Ray cluster."""
+"""Section ``startup``: how soon the first output comes, and where the time before it goes. It runs first, before the
+benchmark starts its own Ray cluster; every part runs as a fresh subprocess, as a user's command would.
+
+- ``generate demo`` (two SmolLM2 teachers on the machine's cores, issue 21's setting): seconds from the command to
+  Ray's start, each pool's start, each actor's readiness (the actors' own report, logged by `generate`) and the first
+  shard, read from its log, against Ray's own start (``ray.init`` in a fresh process) and a bare engine's start (a
+  fresh process importing vLLM and building the teacher's ``vllm.LLM``, then its first batch of a lead shard's size).
+- ``run tiny``: seconds to the first rationale shard on disk and to the first ``[train] step`` line.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +26,125 @@ from benchmarks.common import Context, Row, SectionResult, fmt
 
 SECTION = "startup"
 PER_MODEL = False
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+# A fresh process: Ray's local start as `tinyllm-ray` makes it (runtime.connect's defaults), timed around ray.init.
+RAY_START = """
+import json, os, sys, time
+t0 = time.time()
+import ray
+imported = time.time()
+ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False)
+print(json.dumps({"import_s": imported - t0, "init_s": time.time() - imported}))
+ray.shutdown()
+"""
+
+# A fresh process: the demo teacher's engine, as its actor builds it (same env, engine args), then one batch of the
+# lead shard's size of its real prompts.
+BARE_ENGINE = """
+import json, os, sys, time
+t0 = time.time()
+from vllm import LLM, SamplingParams
+imported = time.time()
+from tinyllm_ray.config import load_config
+from tinyllm_ray.generation_plan import lead_shard_sizes, sampling_dict
+from tinyllm_ray.models import resolve_model
+from tinyllm_ray.teachers.vllm import engine_kwargs
+teacher = load_config("demo").teachers[0]
+kwargs = engine_kwargs(teacher, resolve_model(teacher.model))
+t1 = time.time()
+llm = LLM(**kwargs)
+built = time.time()
+prompts = [json.loads(line)["prompt"] for line in open(sys.argv[1])][:lead_shard_sizes(teacher.resources.shard_size)[0]]
+llm.generate(prompts, SamplingParams(**sampling_dict(teacher, "rationale")), use_tqdm=False)
+print(json.dumps({"import_s": imported - t0, "engine_s": built - t1, "first_batch_s": time.time() - built,
+                  "first_batch_rows": len(prompts)}))
+"""
 
 
 def run(ctx: Context, timeout: float = 900) -> "StartupResult":
-    """`tinyllm-ray run tiny` as a subprocess: seconds to the first rationale shard and to the first train step."""
     from tinyllm_ray.models import resolve_model
 
-    tmp = ctx.tmp
     resolve_model("builtin:tiny-llama")  # built once beforehand: measure start-up, not the first-ever model build
-    out_dir = tmp / "startup_run"
+    resolve_model("builtin:smollm2-135m")
+    demo = demo_generate(ctx.tmp / "startup_demo", timeout)
+    data = {"demo_generate": demo, "ray_start": fresh_process(RAY_START),
+            "bare_engine": fresh_process(BARE_ENGINE, str(demo_prompts(ctx.tmp / "startup_demo"))),
+            "run_tiny": run_tiny(ctx.tmp / "startup_run", timeout)}
+    return StartupResult(SECTION, data)
+
+
+def fresh_process(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a new Python (the teacher actors' environment on CPU); its last line is its JSON result."""
+    from tinyllm_ray.runtime import teacher_env
+
+    env = {**os.environ, **teacher_env(on_gpu=False)}
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"returncode": done.returncode, "output_tail": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def demo_prompts(out_dir: Path) -> Path:
+    """The demo run's own rendered prompts of its first teacher, one JSON line each (the bare engine's input)."""
+    import pyarrow.parquet as pq
+
+    path = out_dir.with_suffix(".prompts.jsonl")
+    table = pq.read_table(out_dir / "rationales" / "smollm2_greedy" / "shard-000000.parquet", columns=["prompt"])
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in table.column("prompt").to_pylist()))
+    return path
+
+
+def demo_generate(out_dir: Path, timeout: float) -> dict[str, Any]:
+    """`tinyllm-ray generate demo` on a fresh folder: its timeline from its log, and the first shard file's time."""
+    t0 = time.time()
+    proc, lines, first_file = _follow_command(["generate", "demo", "-o", str(out_dir)], out_dir, timeout)
+    log = (out_dir / "logs" / "console.log").read_text() if (out_dir / "logs" / "console.log").is_file() else ""
+    timeline = log_timeline(log, t0)
+    return {"command": "tinyllm-ray generate demo -o <tmp>", "returncode": proc.returncode,
+            "first_shard_file_s": first_file, **timeline,
+            **({"output_tail": "\n".join(lines[-40:])} if proc.returncode else {})}
+
+
+def log_timeline(log: str, t0: float) -> dict[str, Any]:
+    """Seconds after ``t0`` of Ray's start, each pool's start, each actor's readiness and the first shard written."""
+    def at(line: str) -> float | None:
+        found = LOG_TIME.match(line)
+        return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0 if found else None
+
+    lines = log.splitlines()
+
+    def first(needle: str) -> float | None:
+        return next((round(at(line), 2) for line in lines if needle in line and at(line) is not None), None)
+
+    ready = [line for line in lines if "an actor was ready" in line]
+    return {"ray_started_s": first("Started a local Ray instance"), "pool_started_s": first("shard(s) to write"),
+            "actors_ready_s": [round(at(line), 2) for line in ready if at(line) is not None],
+            "actor_startup": [line.split("tinyllm_ray: ", 1)[-1] for line in ready],
+            "first_shard_logged_s": first("written ("), "first_teacher_done_s": first("rationale rows,")}
+
+
+def run_tiny(out_dir: Path, timeout: float) -> dict[str, Any]:
+    """`tinyllm-ray run tiny`: seconds to the first rationale shard and to the first train step."""
+    t0 = time.time()
+    proc, lines, first_file = _follow_command(["run", "tiny", "-o", str(out_dir)], out_dir, timeout)
+    total = time.time() - t0
+    first_step = next((t - t0 for t, line in lines if "[train] step" in line), None)
+    result = {"command": "tinyllm-ray run tiny -o <tmp>", "returncode": proc.returncode,
+              "to_first_shard_s": first_file, "total_s": round(total, 2),
+              "to_first_train_step_s": round(first_step, 2) if first_step else None}
+    if proc.returncode:
+        result["output_tail"] = "\n".join(line for _, line in lines[-40:])
+    return result
+
+
+def _follow_command(args: list[str], out_dir: Path, timeout: float):
+    """Run ``tinyllm-ray args``, collecting its output lines with their times and when a first shard file appears."""
     exe = Path(sys.executable).with_name("tinyllm-ray")
-    cmd = [str(exe), "run", "tiny", "-o", str(out_dir)]
     lines: list[tuple[float, str]] = []
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-                            env=dict(os.environ))
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=out_dir.parent, env=dict(os.environ))
 
     def reader():
         for line in proc.stdout:
@@ -38,32 +152,33 @@ def run(ctx: Context, timeout: float = 900) -> "StartupResult":
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    first_shard = None
+    first_file = None
     while proc.poll() is None and time.time() - t0 < timeout:
-        if first_shard is None and any((out_dir / "rationales").glob("*/shard-*.parquet")):
-            first_shard = time.time() - t0
+        if first_file is None and any((out_dir / "rationales").glob("*/shard-*.parquet")):
+            first_file = round(time.time() - t0, 2)
         time.sleep(0.05)
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    total = time.time() - t0
     thread.join(timeout=5)
-    first_step = next((t - t0 for t, line in lines if "[train] step" in line), None)
-    generate_done = next((t - t0 for t, line in lines if "rows," in line and "tokens in" in line), None)
-    result: dict[str, Any] = {
-        "command": " ".join(["tinyllm-ray", "run", "tiny", "-o", "<tmp>"]), "returncode": proc.returncode,
-        "to_first_shard_s": round(first_shard, 2) if first_shard else None,
-        "to_first_teacher_done_s": round(generate_done, 2) if generate_done else None,
-        "to_first_train_step_s": round(first_step, 2) if first_step else None, "total_s": round(total, 2)}
-    if proc.returncode != 0:
-        result["output_tail"] = "\n".join(line for _, line in lines[-40:])
-    return StartupResult(SECTION, result)
+    return proc, lines, first_file
 
 
 @dataclass(frozen=True)
 class StartupResult(SectionResult):
     def table_rows(self) -> list[Row]:
-        st = self.data
-        return [("startup", "tinyllm-ray run tiny", fmt(st["total_s"], 2), "", "", "",
-                 f"first shard {st['to_first_shard_s']} s, first train step {st['to_first_train_step_s']} s, "
-                 f"rc {st['returncode']}")]
+        demo, ray_, bare, tiny = (self.data[k] for k in ("demo_generate", "ray_start", "bare_engine", "run_tiny"))
+        rows: list[Row] = [("startup", "tinyllm-ray generate demo", fmt(demo.get("first_shard_file_s"), 2), "", "",
+                            "", f"Ray {demo.get('ray_started_s')} s, pools {demo.get('pool_started_s')} s, actors "
+                            f"ready {demo.get('actors_ready_s')} s, first shard file {demo.get('first_shard_file_s')} "
+                            f"s, rc {demo['returncode']}")]
+        if "init_s" in ray_ and "engine_s" in bare:
+            rows.append(("startup", "bare: ray.init + import vLLM + LLM()",
+                         fmt(ray_["init_s"] + bare["import_s"] + bare["engine_s"], 2), "", "", "",
+                         f"ray.init {ray_['init_s']:.2f} s, import vllm {bare['import_s']:.2f} s, LLM() "
+                         f"{bare['engine_s']:.2f} s, first {bare['first_batch_rows']} rows "
+                         f"{bare['first_batch_s']:.2f} s"))
+        rows.append(("startup", "tinyllm-ray run tiny", fmt(tiny["total_s"], 2), "", "", "",
+                     f"first shard {tiny['to_first_shard_s']} s, first train step {tiny['to_first_train_step_s']} "
+                     f"s, rc {tiny['returncode']}"))
+        return rows

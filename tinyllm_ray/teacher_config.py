@@ -67,7 +67,8 @@ class ResourceConfig(Strict):
     """What one teacher actor asks of the cluster, and how many actors the pool has."""
 
     concurrency: int = Field(1, ge=1, description="Actors in this teacher's pool.")
-    shard_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry.")
+    shard_size: int = Field(16, ge=1, description="Problems per shard: the unit of progress, resume and retry. "
+                            "A pass starts with three smaller shards (a quarter, a quarter, a half of it).")
     shards_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         2, description="Shards each actor works on at once, fed to one engine: the next shard's prompts join "
         "the running batch while the last one's longest answers finish. shard_size x shards_in_flight is the "

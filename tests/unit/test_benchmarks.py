@@ -31,15 +31,20 @@ def test_results_render_as_rows_and_one_table():
                                                                        "rss_before_mb": 2},
                                      "build_training_table": {"seconds": 2.0, "peak_rss_mb": 7, "rss_before_mb": 3}})
     failed = Failed("gen", {"error": "Traceback (most recent call last):\nValueError: boom"}, key="tiny")
-    startup = StartupResult("startup", {"total_s": 3.0, "to_first_shard_s": 1.0, "to_first_train_step_s": 2.0,
-                                        "returncode": 0})
+    startup = StartupResult("startup", {
+        "demo_generate": {"returncode": 0, "first_shard_file_s": 20.0, "ray_started_s": 4.0, "pool_started_s": 5.0,
+                          "actors_ready_s": [15.0, 16.0]},
+        "ray_start": {"import_s": 0.5, "init_s": 3.0},
+        "bare_engine": {"import_s": 6.0, "engine_s": 4.0, "first_batch_s": 2.0, "first_batch_rows": 4},
+        "run_tiny": {"total_s": 3.0, "to_first_shard_s": 1.0, "to_first_train_step_s": 2.0, "returncode": 0}})
     assert [r[1] for r in driver.rows()] == ["load_problems, 10 problems", "build_training_table, 10 problems"]
     assert failed.rows() == [("gen tiny", "ERROR", "", "", "", "", "ValueError: boom")]
     assert all(len(row) == len(common.HEADER) for row in driver.rows() + startup.rows())
     table = run.table({"startup": [startup], "driver": [driver], "gen": [failed]})
     lines = table.splitlines()
     assert lines[0].startswith("| benchmark") and set(lines[1]) <= {"|", "-"}
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["gen tiny", "driver", "driver", "startup"]
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["gen tiny", "driver", "driver"] + ["startup"] * 3
+    assert " 13.00 " in table  # the bare reference: ray.init + vLLM's import + LLM()
 
 
 def test_results_json_keeps_per_model_sections_under_their_model():
@@ -147,3 +152,15 @@ def test_worker_loops_unpickle_where_benchmarks_is_not_importable(make, tmp_path
     done = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(make()), cwd=tmp_path,
                           capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_the_steady_window_holds_the_same_rows_for_lead_shards_and_even_batches():
+    from benchmarks.stages import steady_window
+
+    shards = [(float(t), rows, 10 * rows, 5 * rows, 0) for t, rows in enumerate([4, 4, 8, 16, 16, 16, 16, 16])]
+    batches = [(float(t), 16, 160, 80, 0) for t in range(6)]
+    pipeline, baseline = steady_window(shards), steady_window(batches)
+    assert pipeline["problems"] == baseline["problems"] == 64 and pipeline["generated_tokens"] == 320
+    assert (pipeline["from"], pipeline["seconds"], pipeline["first_result"]) == (3.0, 4.0, 5)
+    assert (baseline["from"], baseline["seconds"], baseline["first_result"]) == (1.0, 4.0, 3)
+    assert steady_window(batches[:2]) is None  # no two results after the first third
