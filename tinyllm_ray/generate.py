@@ -95,9 +95,10 @@ def run_teachers(config: JobConfig, layout: RunLayout, teachers: list[TeacherCon
     plans = {name: [plan_pass(layout, by_name[name], passes[index], fingerprint) for index, fingerprint in todo.items()]
              for name, todo in pending.items()}
     pool_ref = ray.put(load_frozen_problems(layout, DEMO_POOL_ROLE))
-    totals = {name: sum(len(plan.pending()) for plan in plans[name]) for name in pending}
+    # counted in rows, not shards: a pass's lead shards are smaller than the rest, so shards would skew the ETA
+    totals = {name: sum(shard.rows for plan in plans[name] for shard in plan.pending()) for name in pending}
     label = "teachers" if passes[0].mode == "rationale" else "answers"
-    progress = PoolProgress(console().progress(label, sum(totals.values()), "shards"), totals)
+    progress = PoolProgress(console().progress(label, sum(totals.values()), "rows"), totals)
     errors = {}
     try:
         with ThreadPoolExecutor(max_workers=len(pending)) as threads:
@@ -224,24 +225,23 @@ def rows_as_they_come(dataset) -> Iterator[dict[str, Any]]:
 
 
 class PoolProgress:
-    """One display for all teachers' pools at once: shards done, each teacher's count (up to three teachers fit
-    an 80-column line), rows and generated tokens a second. Called from every pool's thread."""
+    """One display for all teachers' pools at once: rows written, each teacher's count (up to three teachers fit
+    an 80-column line) and generated tokens a second. Called from every pool's thread."""
 
     def __init__(self, display: ProgressDisplay, totals: dict[str, int]):
         self.display, self.totals = display, totals
         self.done = dict.fromkeys(totals, 0)
-        self.rows = self.tokens = 0
+        self.tokens = 0
         self.start = time.time()
         self.lock = threading.Lock()
 
     def shard_done(self, teacher: str, rows: int, tokens: int) -> None:
         with self.lock:
-            self.done[teacher] += 1
-            self.rows += rows
+            self.done[teacher] += rows
             self.tokens += tokens
             each = (" ".join(f"{name} {self.done[name]}/{total}" for name, total in self.totals.items())
                     if len(self.totals) <= 3 else "")
-            self.display.update(sum(self.done.values()), teachers=each, rows=f"{self.rows} rows",
+            self.display.update(sum(self.done.values()), teachers=each,
                                 speed=rate_text(self.tokens, time.time() - self.start, "tok"))
 
     def close(self) -> None:

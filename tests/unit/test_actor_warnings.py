@@ -36,3 +36,23 @@ def test_an_actors_startup_is_told_as_offsets_from_its_pools_start():
     assert text == ("teacher a: an actor was ready 18.0 s after its pool started (its process started at 3.0 s, its "
                     "constructor at 5.5 s, the teacher's imports and engine build took 12.5 s)")
     assert "startup" in SUMMARY_KEYS
+
+
+def test_generation_progress_counts_rows_so_small_lead_shards_weigh_what_they_hold():
+    from tinyllm_ray.generate import PoolProgress
+
+    class Display:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, done: int, **facts: str) -> None:
+            self.updates.append((done, facts["teachers"]))
+
+        def close(self) -> None:
+            pass
+
+    display = Display()
+    progress = PoolProgress(display, {"a": 48, "b": 48})
+    for teacher, rows in (("a", 4), ("b", 4), ("a", 4), ("a", 8)):
+        progress.shard_done(teacher, rows, tokens=10)
+    assert display.updates[-1] == (20, "a 16/48 b 4/48")
