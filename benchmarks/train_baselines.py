@@ -3,7 +3,7 @@
 
 TRL gets the same student, the same sequences in the same order (each micro-batch's answer and rationale tasks,
 rendered as our stage renders them, as plain prompt/completion SFT pairs, loss on the completion only, as our
-stage's labels), the same sequences per optimiser step, max length, fp32, torch AdamW, lr, weight decay, clipping
+stage's labels), the same sequences in each optimiser step, max length, fp32, torch AdamW, lr, weight decay, clipping
 at 1.0, one torch thread and the same steps; steady state leaves out step 1 for both, and both count non-pad input
 tokens (``attention_mask``). The plain PyTorch loop runs in every round too, to split the gap into the framework's
 cost and the step's. TRL needs the benchmark extra (``pip install -e '.[bench]'``); its child process:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ def run_trl(config, steps: int, threads: int) -> dict[str, Any]:
     every optimiser step timed at its end by a callback, as the Train worker's ``on_step`` times ours."""
     import torch
     from datasets import Dataset
+    from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -78,9 +81,6 @@ def run_trl(config, steps: int, threads: int) -> dict[str, Any]:
     if tokenizer.pad_token_id is None:  # as our stage's collator
         tokenizer.pad_token = tokenizer.eos_token
     rows, per_step = sft_examples(batches, tasks)
-    if len(set(per_step)) != 1:
-        print(f"[train_trl] micro-batches hold {sorted(set(per_step))} sequences: TRL's steps take "
-              f"{max(per_step)} each, so its step boundaries drift from ours", file=sys.stderr)
     torch.manual_seed(training.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     out_dir = Path(tempfile.mkdtemp(prefix="trl-sft-"))
@@ -99,6 +99,16 @@ def run_trl(config, steps: int, threads: int) -> dict[str, Any]:
         """Counts the real and padded input tokens of every micro-batch it trains on."""
 
         real = padded = loss_tokens = 0
+
+        def get_train_dataloader(self):
+            """Our micro-batches' sequences, step by step: fewer than ``per_device_train_batch_size`` where a
+            rationale was filtered out (the one change to what a user's script gets, besides the counting)."""
+            if len(self.train_dataset) != len(rows):
+                raise RuntimeError(f"TRL kept {len(self.train_dataset)} of the {len(rows)} SFT rows")
+            starts = list(itertools.accumulate([0, *per_step]))
+            batches = [list(range(start, start + n)) for start, n in zip(starts, per_step)]
+            dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+            return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator))
 
         def training_step(self, model, inputs, *rest, **kwargs):
             self.real += int(inputs["attention_mask"].sum())
@@ -133,7 +143,8 @@ def run_trl(config, steps: int, threads: int) -> dict[str, Any]:
     shutil.rmtree(out_dir, ignore_errors=True)
     out: dict[str, Any] = {"torch_threads": threads, "threads_at_last_step": steps_done[-1]["threads"],
                            "startup_s": round(startup, 2), "total_s": round(total, 2), "steps": len(steps_done),
-                           "sequences_per_step": max(per_step), "real_tokens": trainer_tokens(steps_done, "tokens"),
+                           "sequences_per_step": dict(sorted(Counter(per_step).items())),
+                           "real_tokens": trainer_tokens(steps_done, "tokens"),
                            "padded_tokens": trainer_tokens(steps_done, "padded"), "loss_tokens": trainer.loss_tokens,
                            "rank": summary}
     out["pad_fraction"] = round(1 - out["real_tokens"] / max(out["padded_tokens"], 1), 3)
