@@ -26,7 +26,9 @@ from benchmarks.common import Context, Row, SectionResult, fmt
 
 SECTION = "startup"
 PER_MODEL = False
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+TEACHER = re.compile(r"tinyllm_ray: teacher (\S+):")
+READY = re.compile(r"an actor was ready ([\d.]+) s after its pool started")
 
 # A fresh process: Ray's local start as `tinyllm-ray` makes it (runtime.connect's defaults), timed around ray.init.
 RAY_START = """
@@ -107,32 +109,37 @@ def demo_generate(out_dir: Path, timeout: float) -> dict[str, Any]:
 
 
 def log_timeline(log: str, t0: float) -> dict[str, Any]:
-    """Seconds after ``t0`` of Ray's start, each pool's start, each actor's readiness and the first shard written."""
+    """Seconds after ``t0`` of Ray's start, each pool's start, each actor's readiness (its pool's start plus what the
+    actor reported), the first shard written and the first training step, from a run's ``console.log``."""
     def at(line: str) -> float | None:
-        found = LOG_TIME.match(line)
+        found = LOG_TIME.search(line)  # worker lines have a "(Worker pid=...)" prefix
         return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0 if found else None
 
-    lines = log.splitlines()
+    lines = [(at(line), line) for line in log.splitlines()]
+    lines = [(t, line) for t, line in lines if t is not None]
 
     def first(needle: str) -> float | None:
-        return next((round(at(line), 2) for line in lines if needle in line and at(line) is not None), None)
+        return next((round(t, 2) for t, line in lines if needle in line), None)
 
-    ready = [line for line in lines if "an actor was ready" in line]
+    pools = {TEACHER.search(line).group(1): t for t, line in lines if "shard(s) to write" in line}
+    ready = [(TEACHER.search(line).group(1), float(READY.search(line).group(1)), line.split("tinyllm_ray: ", 1)[-1])
+             for _, line in lines if READY.search(line)]
     return {"ray_started_s": first("Started a local Ray instance"), "pool_started_s": first("shard(s) to write"),
-            "actors_ready_s": [round(at(line), 2) for line in ready if at(line) is not None],
-            "actor_startup": [line.split("tinyllm_ray: ", 1)[-1] for line in ready],
-            "first_shard_logged_s": first("written ("), "first_teacher_done_s": first("rationale rows,")}
+            "actors_ready_s": [round(pools[name] + offset, 2) for name, offset, _ in ready if name in pools],
+            "actor_startup": [text for _, _, text in ready], "first_shard_logged_s": first("written ("),
+            "first_teacher_done_s": first("rationale rows,"), "first_train_step_s": first("[train] step")}
 
 
 def run_tiny(out_dir: Path, timeout: float) -> dict[str, Any]:
-    """`tinyllm-ray run tiny`: seconds to the first rationale shard and to the first train step."""
+    """`tinyllm-ray run tiny`: seconds to the first rationale shard and to the first train step (from its log)."""
     t0 = time.time()
     proc, lines, first_file = _follow_command(["run", "tiny", "-o", str(out_dir)], out_dir, timeout)
     total = time.time() - t0
-    first_step = next((t - t0 for t, line in lines if "[train] step" in line), None)
+    log = out_dir / "logs" / "console.log"
+    timeline = log_timeline(log.read_text(), t0) if log.is_file() else {}
     result = {"command": "tinyllm-ray run tiny -o <tmp>", "returncode": proc.returncode,
               "to_first_shard_s": first_file, "total_s": round(total, 2),
-              "to_first_train_step_s": round(first_step, 2) if first_step else None}
+              "to_first_train_step_s": timeline.get("first_train_step_s")}
     if proc.returncode:
         result["output_tail"] = "\n".join(line for _, line in lines[-40:])
     return result
@@ -173,11 +180,13 @@ class StartupResult(SectionResult):
                             f"ready {demo.get('actors_ready_s')} s, first shard file {demo.get('first_shard_file_s')} "
                             f"s, rc {demo['returncode']}")]
         if "init_s" in ray_ and "engine_s" in bare:
-            rows.append(("startup", "bare: ray.init + import vLLM + LLM()",
-                         fmt(ray_["init_s"] + bare["import_s"] + bare["engine_s"], 2), "", "", "",
+            reference = ray_["init_s"] + bare["import_s"] + bare["engine_s"]
+            first = demo.get("first_shard_file_s")
+            ratio = f"; first shard / this = {first / reference:.2f}x" if first else ""
+            rows.append(("startup", "bare: ray.init + import vLLM + LLM()", fmt(reference, 2), "", "", "",
                          f"ray.init {ray_['init_s']:.2f} s, import vllm {bare['import_s']:.2f} s, LLM() "
-                         f"{bare['engine_s']:.2f} s, first {bare['first_batch_rows']} rows "
-                         f"{bare['first_batch_s']:.2f} s"))
+                         f"{bare['engine_s']:.2f} s, then {bare['first_batch_rows']} rows in "
+                         f"{bare['first_batch_s']:.2f} s{ratio}"))
         rows.append(("startup", "tinyllm-ray run tiny", fmt(tiny["total_s"], 2), "", "", "",
                      f"first shard {tiny['to_first_shard_s']} s, first train step {tiny['to_first_train_step_s']} "
                      f"s, rc {tiny['returncode']}"))

@@ -23,7 +23,7 @@ def test_every_section_module_exposes_its_entry_point():
         assert module.SECTION == name
         assert isinstance(module.PER_MODEL, bool)
         assert callable(module.run)
-    assert {name for name, module in run.MODULES.items() if module.PER_MODEL} == {"gen", "train", "train_trl"}
+    assert {name for name, module in run.MODULES.items() if module.PER_MODEL} == {"gen", "train", "train_trl", "eval"}
 
 
 def test_results_render_as_rows_and_one_table():
@@ -164,3 +164,23 @@ def test_the_steady_window_holds_the_same_rows_for_lead_shards_and_even_batches(
     assert (pipeline["from"], pipeline["seconds"], pipeline["first_result"]) == (3.0, 4.0, 5)
     assert (baseline["from"], baseline["seconds"], baseline["first_result"]) == (1.0, 4.0, 3)
     assert steady_window(batches[:2]) is None  # no two results after the first third
+
+
+def test_the_startup_timeline_is_read_from_a_runs_log():
+    from datetime import datetime
+
+    from benchmarks.startup import log_timeline
+
+    log = "\n".join([
+        "2026-12-02 10:00:04,000\tINFO worker.py:2038 -- Started a local Ray instance.",
+        "2026-12-02 10:00:05,000 INFO tinyllm_ray: teacher a: 5 shard(s) to write (rationales of 5 shards)",
+        "2026-12-02 10:00:05,500 INFO tinyllm_ray: teacher b: 5 shard(s) to write (rationales of 5 shards)",
+        "2026-12-02 10:00:30,000 INFO tinyllm_ray: teacher b: an actor was ready 20.5 s after its pool started (its "
+        "process started at 1.0 s, its constructor at 4.0 s, the teacher's imports and engine build took 16.5 s)",
+        "2026-12-02 10:00:30,000 INFO tinyllm_ray: teacher b: shard 0 written (4 rows in 4.0 s), 24.5 s after its pool",
+        "(RayTrainWorker pid=7) 2026-12-02 10:01:00,250 INFO tinyllm_ray: [train] step 1/3 loss 2.1",
+    ])
+    timeline = log_timeline(log, datetime(2026, 12, 2, 10, 0, 0).timestamp())
+    assert (timeline["ray_started_s"], timeline["pool_started_s"], timeline["actors_ready_s"]) == (4.0, 5.0, [26.0])
+    assert timeline["first_shard_logged_s"] == 30.0 and timeline["first_train_step_s"] == 60.25
+    assert timeline["actor_startup"][0].startswith("teacher b: an actor was ready 20.5 s")
