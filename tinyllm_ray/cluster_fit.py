@@ -2,7 +2,7 @@
 :mod:`tinyllm_ray.cluster_state`).
 
 Ray keeps an actor or a placement group that no node can hold pending, silently and forever (an autoscaler only
-logs it as infeasible). So before teachers, training workers or the scoring task start, every request is checked
+logs it as infeasible). So before teachers, training workers or the evaluation actors start, every request is checked
 against the shapes of the nodes that are up and, where an autoscaler reported them, the node types it may start:
 
 * one actor / task / worker: some node (type) must offer every resource of it at once;
@@ -191,7 +191,8 @@ def trial_driver_request(resources: Mapping[str, float]) -> Request:
 
 
 def evaluation_request(training: TrainingConfig) -> Request:
-    """The student's scoring task: one training worker's resources (see ``evaluate``)."""
-    return Request("the student's evaluation (one task with a training worker's resources)",
+    """One actor of the student's evaluation pool: one training worker's resources (see ``evaluation_job``); each
+    of ``evaluation.actors`` must fit some node, as each teacher actor must."""
+    return Request("the student's evaluation (one actor with a training worker's resources)",
                    "training.cpus_per_worker, use_gpu or custom_resources_per_worker",
                    (worker_resources(training),))

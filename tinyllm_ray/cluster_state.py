@@ -46,7 +46,7 @@ def teacher_requests(teachers: Iterable) -> list[Request]:
 
 
 def require_job_fit(config: JobConfig, teachers: Iterable = (), training: bool = False) -> None:
-    """Connect, then check the teachers' actors and (``training``) the training workers and the scoring task: what
+    """Connect, then check the teachers' actors and (``training``) the training workers and the evaluation actors: what
     `run` and `sweep` check before their first stage, so a misfit stops before hours of generation."""
     from tinyllm_ray.runtime import connect
 

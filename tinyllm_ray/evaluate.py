@@ -1,11 +1,13 @@
 """Recipe: accuracy of the student (answer prefix only) and of each teacher asked without the gold answer.
 
 The student is scored by ``evaluation.method`` (:mod:`tinyllm_ray.scoring`: the paper's greedy answer + exact
-match, lm-evaluation-harness's option log-likelihood, or both side by side) in one Ray task that loads it once.
-Every accuracy comes with its 95 % Wilson interval (:mod:`tinyllm_ray.stats`).
+match, lm-evaluation-harness's option log-likelihood, or both side by side) in a Ray Data job over
+``evaluation.actors`` actors that each load it once (:mod:`tinyllm_ray.evaluation_job`), with vLLM for a decoder-only
+student or transformers (``evaluation.backend``). Every accuracy comes with its 95 % Wilson interval
+(:mod:`tinyllm_ray.stats`).
 
 Writes ``evaluation/report.json`` and ``evaluation/report.md`` (:class:`~tinyllm_ray.layout.RunLayout` names them),
-then the manifest, whose ``fingerprint`` (:func:`evaluation_fingerprint`) says which student, problems and
+then the manifest (with the ``backend`` and ``actors`` that scored the student), whose ``fingerprint`` (:func:`evaluation_fingerprint`) says which student, problems and
 settings the report scored, so a sweep can reuse it (:func:`tinyllm_ray.artifacts.reusable`).
 
 report.json: ``job``, ``dataset``, ``split``, ``methods`` (the student's, in order), ``level`` (0.95),
@@ -27,11 +29,11 @@ from typing import Any
 import pyarrow as pa
 
 from tinyllm_ray import prompts
-from tinyllm_ray.config import JobConfig, stable_hash
+from tinyllm_ray.config import JobConfig, fingerprint_view, stable_hash
 from tinyllm_ray.console import current as console
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.schemas import ArtifactError, RATIONALE_SCHEMA, read_manifest, read_table, write_manifest
-from tinyllm_ray.scoring import ScoringOptions, methods_of, score_student
+from tinyllm_ray.scoring import ScoringOptions, methods_of, resolve_backend
 from tinyllm_ray.stats import LEVEL, wilson_interval
 
 log = logging.getLogger("tinyllm_ray")
@@ -85,14 +87,36 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def vllm_installed() -> bool:
+    """Whether vLLM (GPU or CPU build) is installed, without importing it: the driver never does."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def student_backend(config: JobConfig, student: Mapping[str, Any]) -> str:
+    """The backend that scores this student (``evaluation.backend`` resolved), or a config error saying why not."""
+    from tinyllm_ray.config import ConfigError
+
+    try:
+        return resolve_backend(config.evaluation.backend, bool(student["seq2seq"]), vllm_installed())
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def evaluation_fingerprint(config: JobConfig, layout: RunLayout, student: Mapping[str, Any]) -> str:
-    """What a student's report depends on: the exact student (its manifest), the frozen eval problems and the
-    evaluation settings (teachers' answers have fingerprints of their own)."""
+    """What a student's report depends on: the exact student (its manifest), the frozen eval problems, the
+    evaluation settings (not how many actors run them) and the backend that runs the student (vLLM and
+    transformers agree on almost every answer, not on every float); teachers' answers have fingerprints of their
+    own."""
     problems = (read_manifest(layout.problems) or {}).get("fingerprint")
+    backend = student_backend(config, student)
     return stable_hash({"report_format": REPORT_FORMAT, "student": student["fingerprint"],
                         "student_written": student["created_unix"], "problems": problems,
-                        "evaluation": config.evaluation.model_dump(mode="json"), "split": config.data.eval_split,
-                        "task_prefix": config.prompts.task_prefix})
+                        "evaluation": fingerprint_view(config.evaluation), "split": config.data.eval_split,
+                        "task_prefix": config.prompts.task_prefix,
+                        **({"backend": backend, "engine": fingerprint_view(config.evaluation.vllm)}
+                           if backend == "vllm" else {})})
 
 
 def student_results(problems: list[dict], model: str, rows_by_method: Mapping[str, list[dict]]) -> list[dict]:
@@ -103,13 +127,11 @@ def student_results(problems: list[dict], model: str, rows_by_method: Mapping[st
 
 def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout | None = None) -> dict[str, Any]:
     """The `evaluate` stage on the held-out split (config.data.eval_split); ``layout`` as in `train`."""
-    import ray
-
-    from tinyllm_ray.cluster_fit import evaluation_request, worker_resources
+    from tinyllm_ray.cluster_fit import evaluation_request
     from tinyllm_ray.cluster_state import require_fit
+    from tinyllm_ray.evaluation_job import ScoringJob, remote_args, run_scoring
     from tinyllm_ray.generate import answer_pass, run_teachers
     from tinyllm_ray.problems import load_frozen_problems
-    from tinyllm_ray.progress_channel import followed, shared_channel
     from tinyllm_ray.runtime import connect
     from tinyllm_ray.teachers import answering
 
@@ -120,30 +142,29 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     problems_table: pa.Table = load_frozen_problems(layout, "eval")
     problems = problems_table.to_pylist()
     methods = methods_of(config.evaluation.method)
+    evaluation = config.evaluation
+    backend = student_backend(config, student)
     connect(config)
     require_fit([evaluation_request(config.training)])
     console().stage_started("evaluate", f"student by {' + '.join(methods)} on {len(problems)} "
-                                        f"{config.data.eval_split} problems")
+                                        f"{config.data.eval_split} problems ({backend}, {evaluation.actors} "
+                                        f"actor{'s' if evaluation.actors > 1 else ''})")
     start = time.time()
-    # One training worker's resources, the request require_fit checked: on the trainers' nodes (their custom
-    # resource), so a student never takes a teacher node's GPU; its CPUs size the task's torch threads
-    # (OMP_NUM_THREADS), and training has ended. Scheduled on the cluster, not in the caller's placement group (a
-    # sweep's Tune trial has no room for it there).
-    resources = worker_resources(config.training)
-    predict = ray.remote(num_cpus=resources.pop("CPU"), num_gpus=resources.pop("GPU", 0), resources=resources,
-                         scheduling_strategy="DEFAULT")(score_student)
-    options = ScoringOptions(config.prompts.task_prefix, config.evaluation.batch_size, config.evaluation.max_new_tokens)
-    channel = shared_channel()
+    remote = remote_args(config.training, evaluation, backend)
+    engine = {}
+    if backend == "vllm":
+        from tinyllm_ray.scoring.vllm_student import engine_kwargs
 
-    def facts(event: Mapping[str, Any]) -> tuple[int, dict[str, str]]:  # batches of one method -> problems overall
-        index = methods.index(event["label"]) if event.get("label") in methods else 0
-        share = event["done"] / max(event["total"], 1)
-        return round((index + share) * len(problems)), {"method": event.get("label", "")}
-
-    display = console().progress("evaluate", len(problems) * len(methods), "problems")
-    with followed(channel, display, facts):
-        rows_by_method = ray.get(predict.remote(str(layout.student), student["seq2seq"], problems, methods, options,
-                                                channel))
+        engine = engine_kwargs(evaluation.vllm, str(layout.student), on_gpu=bool(remote["num_gpus"]))
+    job = ScoringJob(str(layout.student), bool(student["seq2seq"]), backend, methods,
+                     ScoringOptions(config.prompts.task_prefix, evaluation.batch_size, evaluation.max_new_tokens),
+                     engine)
+    display = console().progress("evaluate", len(problems), "problems")
+    try:
+        rows_by_method = run_scoring(job, problems_table, evaluation.actors, evaluation.problems_per_call, remote,
+                                     on_progress=lambda done: display.update(done, backend=backend))
+    finally:  # a live line left running would keep redrawing over whatever comes next
+        display.close()
     results = student_results(problems, student["model"], rows_by_method)
     if config.evaluation.teachers if teachers is None else teachers:
         scored = answering(config.teachers)  # imported teachers have rationales, not answers
@@ -160,7 +181,8 @@ def evaluate(config: JobConfig, teachers: bool | None = None, layout: RunLayout 
     layout.report_json.write_text(json.dumps(report, indent=2))
     layout.report_md.write_text(render_table(report))
     write_manifest(layout.evaluation, fingerprint=evaluation_fingerprint(config, layout, student),
-                   student_fingerprint=student["fingerprint"], methods=list(methods),
+                   student_fingerprint=student["fingerprint"], methods=list(methods), backend=backend,
+                   actors=evaluation.actors,
                    accuracy={result_key(r): r["accuracy"] for r in results},
                    interval={result_key(r): r["interval"] for r in results})
     student_accuracy = ", ".join(f"{r['method']} {r['accuracy']:.1%}" for r in results if r["role"] == "student")

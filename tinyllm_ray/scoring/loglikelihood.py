@@ -16,7 +16,9 @@ Each problem's prompt is read once, not once per option: a pass over the prompts
 rows' problems (decoder-only: left-padded, positions counted from each prompt's first real token, keeping the
 prompt's key/value cache and the last position's logits; seq2seq: the encoder), then one pass over every option
 of those problems against its prompt's cache or encoder states. With ARC-length prompts and options that is about
-a third of the tokens of one (prompt, option) sequence per option.
+a third of the tokens of one (prompt, option) sequence per option. The vLLM backend
+(:mod:`tinyllm_ray.scoring.vllm_student`) reads the same quantity from the prompt log-probabilities of each
+(prompt, option) token sequence (:func:`continuation_logprob`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tinyllm_ray.scoring import ScoringOptions, Student, student_prompts
+from tinyllm_ray.scoring import ScoringOptions, Student, StudentBackend, student_prompts
 
 
 def normalised(loglikelihood: float, option: str) -> float:
@@ -54,16 +56,26 @@ def rows(problems: Sequence[Mapping[str, Any]], loglikelihoods: Sequence[Sequenc
 class LoglikelihoodScorer:
     name = "loglikelihood"
 
-    def predict(self, student: Student, problems: Sequence[Mapping[str, Any]],
+    def predict(self, student: StudentBackend, problems: Sequence[Mapping[str, Any]],
                 options: ScoringOptions) -> list[dict[str, Any]]:
-        return rows(problems, option_loglikelihoods(student, student_prompts(problems, options.task_prefix),
-                                                    [p["choices"] for p in problems], options.batch_size))
+        return rows(problems, student.option_loglikelihoods(student_prompts(problems, options.task_prefix),
+                                                            [p["choices"] for p in problems], options))
+
+
+def continuation_logprob(prompt_logprobs: Sequence[Any], start: int, tokens: Sequence[int]) -> float:
+    """Summed log-probability of ``tokens`` placed at ``start`` of a sequence whose per-position log-probabilities
+    are ``prompt_logprobs`` (vLLM's: position k a {token id: Logprob or float} holding token k's own)."""
+    total = 0.0
+    for k, token in enumerate(tokens):
+        value = prompt_logprobs[start + k][token]
+        total += float(getattr(value, "logprob", value))
+    return total
 
 
 def option_loglikelihoods(student: Student, texts: Sequence[str], choices: Sequence[Sequence[str]],
                           batch_size: int) -> list[list[float]]:
-    """Summed log-probability of every option's tokens after its problem's prompt: one list per problem (an empty
-    option: 0)."""
+    """The transformers backend: summed log-probability of every option's tokens after its problem's prompt, one list
+    per problem (an empty option: 0)."""
     from tinyllm_ray.progress_channel import tracked
 
     encode = lambda text: student.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
