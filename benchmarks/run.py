@@ -1,6 +1,6 @@
 """Side-by-side speed and memory benchmarks of tinyllm_ray (issue 5).
 
-    python -m benchmarks.run [--quick] [--only gen,train,scale,startup,driver] [--models tiny,smollm2] [--out DIR]
+    python -m benchmarks.run [--quick] [--only gen,train,eval,scale,startup,driver] [--models tiny,smollm2] [--out DIR]
 
 Sections, one module each (a failing section is recorded with its traceback in the JSON; the others still run):
 
@@ -13,6 +13,8 @@ Sections, one module each (a failing section is recorded with its traceback in t
               worker, DeepSpeed ZeRO-0 and ZeRO-2) vs a plain single-process PyTorch loop over the same batches.
 * ``train_trl`` (:mod:`benchmarks.train_baselines`) the real ``train`` stage against TRL's ``SFTTrainer`` on the
               same student and sequences, in back-to-back rounds (needs the ``bench`` extra: TRL).
+* ``eval``    (:mod:`benchmarks.evaluation`) the student's evaluation, per model: the Ray Data evaluation job with
+              vLLM against transformers on the same student and ARC problems, and how many answers agree.
 * ``scale``   (:mod:`benchmarks.scale`) generation as the dataset grows and as teachers are added; demo picking
               as the train split grows; training with 1 vs 2 workers.
 * ``driver``  (:mod:`benchmarks.driver`) the driver's peak memory validating 200,000 problems and building their
@@ -35,16 +37,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import driver, gen, scale, startup, train, train_baselines
+from benchmarks import driver, evaluation, gen, scale, startup, train, train_baselines
 from benchmarks.common import (REPO, RECORDED_ENV, Context, Failed, SectionResult, loadavg, machine_info, markdown,
                                matmul_peak, set_env, versions)
 from benchmarks.jobs import MODELS
 
 # in the order they run (startup first: before this process starts its own Ray cluster)
-MODULES = {"startup": startup, "gen": gen, "train": train, "train_trl": train_baselines, "scale": scale,
-           "driver": driver}
-SECTIONS = ("gen", "train", "train_trl", "scale", "startup", "driver")
-TABLE_ORDER = ("gen", "train", "train_trl", "scale", "driver", "startup")
+MODULES = {"startup": startup, "gen": gen, "train": train, "train_trl": train_baselines, "eval": evaluation,
+           "scale": scale, "driver": driver}
+SECTIONS = ("gen", "train", "train_trl", "eval", "scale", "startup", "driver")
+TABLE_ORDER = ("gen", "train", "train_trl", "eval", "scale", "driver", "startup")
 
 
 def run_section(module, ctx: Context, key: str | None = None) -> SectionResult:
