@@ -37,21 +37,13 @@ INSTALL_HINT = "TRL is a benchmark-only extra: pip install -e '.[bench]' (or pip
 
 
 def sft_examples(batches: list[dict[str, list]], tasks) -> tuple[list[dict[str, str]], list[int]]:
-    """Each micro-batch's sequences as plain prompt/completion SFT rows, in order: per row, every task with a target
-    (``prompts.student_prompt(task.prefix, input)`` -> the answer or a rationale, as our stage renders them); and how
-    many sequences each micro-batch holds (the batch size TRL needs to take the same sequences per step)."""
-    from tinyllm_ray.prompts import student_prompt
+    """Each micro-batch's sequences (``training_data.task_pairs``: every task with a target, as our stage renders
+    it) as plain prompt/completion SFT rows, in order; and how many sequences each micro-batch holds."""
+    from tinyllm_ray.training_data import task_pairs
 
-    rows, per_step = [], []
-    for batch in batches:
-        before = len(rows)
-        for i, problem_input in enumerate(batch["input"]):
-            for task in tasks:
-                target = batch[task.column][i] if task.column in batch else None
-                if target is not None and str(target).strip():
-                    rows.append({"prompt": student_prompt(task.prefix, str(problem_input)), "completion": str(target)})
-        per_step.append(len(rows) - before)
-    return rows, per_step
+    per_batch = [[pair for row in task_pairs(batch, tasks) for pair in row] for batch in batches]
+    return ([{"prompt": prompt, "completion": target} for pairs in per_batch for _, prompt, target in pairs],
+            [len(pairs) for pairs in per_batch])
 
 
 def speed_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float | None:
