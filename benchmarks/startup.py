@@ -115,8 +115,11 @@ def log_timeline(log: str, t0: float) -> dict[str, Any]:
         found = LOG_TIME.search(line)  # worker lines have a "(Worker pid=...)" prefix
         return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0 if found else None
 
-    lines = [(at(line), line) for line in log.splitlines()]
-    lines = [(t, line) for t, line in lines if t is not None]
+    lines, last = [], None
+    for line in log.splitlines():  # a line without a time of its own (a worker's print) takes the one before it's
+        last = at(line) if at(line) is not None else last
+        if last is not None:
+            lines.append((last, line))
 
     def first(needle: str) -> float | None:
         return next((round(t, 2) for t, line in lines if needle in line), None)

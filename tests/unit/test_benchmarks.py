@@ -178,7 +178,8 @@ def test_the_startup_timeline_is_read_from_a_runs_log():
         "2026-12-02 10:00:30,000 INFO tinyllm_ray: teacher b: an actor was ready 20.5 s after its pool started (its "
         "process started at 1.0 s, its constructor at 4.0 s, the teacher's imports and engine build took 16.5 s)",
         "2026-12-02 10:00:30,000 INFO tinyllm_ray: teacher b: shard 0 written (4 rows in 4.0 s), 24.5 s after its pool",
-        "(RayTrainWorker pid=7) 2026-12-02 10:01:00,250 INFO tinyllm_ray: [train] step 1/3 loss 2.1",
+        "2026-12-02 10:01:00,250 INFO tinyllm_ray: train started",
+        "(RayTrainWorker pid=7) [train] step 1/3 loss 2.1",
     ])
     timeline = log_timeline(log, datetime(2026, 12, 2, 10, 0, 0).timestamp())
     assert (timeline["ray_started_s"], timeline["pool_started_s"], timeline["actors_ready_s"]) == (4.0, 5.0, [26.0])
