@@ -10,6 +10,7 @@ it; the rest is pure and unit-tested.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,11 +121,16 @@ def run_scoring(job: ScoringJob, problems: pa.Table, actors: int, problems_per_c
     table = problems.append_column(POSITION, pa.array(range(count), pa.int64()))
     # one block per call: a single block would reach the pool as one input, one actor's work at a time
     blocks = [table.slice(start, problems_per_call) for start in range(0, count, problems_per_call)]
-    scored = ray.data.from_arrow(blocks).map_batches(
-        StudentActor, fn_constructor_kwargs={"job": job}, batch_size=problems_per_call, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(actors, -(-count // problems_per_call))), **remote)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote arguments it has no named parameter for, scheduling_strategy among them; the
+        # actors still need it to run outside a sweep trial's placement group
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        scored = ray.data.from_arrow(blocks).map_batches(
+            StudentActor, fn_constructor_kwargs={"job": job}, batch_size=problems_per_call, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(actors, -(-count // problems_per_call))), **remote)
     records: list[dict] = []
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+    # prefetch_batches=0: Ray Data's default hands a block over only once the next one exists (progress one call late)
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         records.extend(batch.to_pylist())
         if on_progress is not None:
             on_progress(len(records) // max(len(job.methods), 1))
