@@ -3,8 +3,13 @@ typed result a section returns. Nothing here runs a stage."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -276,3 +281,18 @@ def markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def run_job_process(module: str, config, steps: int, threads: int, extra_env: dict[str, str], what: str) -> dict:
+    """``python -m module <job.json> steps threads`` in a fresh process, on the system allocator unless ``extra_env``
+    preloads another; the child prints its JSON result as its last line."""
+    spec = Path(tempfile.mkdtemp(prefix=f"{module.rsplit('.', 1)[-1]}-")) / "job.json"
+    spec.write_text(config.model_dump_json())
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env.update(extra_env)
+    command = [sys.executable, "-m", module, str(spec), str(steps), str(threads)]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    shutil.rmtree(spec.parent, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} process failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

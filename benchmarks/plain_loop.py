@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, preempted as thread_preemptions
+from benchmarks.common import preempted as thread_preemptions, run_job_process
 
 
 def training_batches(config) -> tuple[list[dict[str, list]], str, list]:
@@ -141,16 +137,8 @@ def run_plain_loop_process(config, steps: int, threads: int, allocator: str) -> 
     plain script gets) or ``jemalloc`` (preloaded exactly as the product preloads it into CPU Train workers)."""
     from tinyllm_ray.runtime import allocator_env
 
-    spec = Path(tempfile.mkdtemp(prefix="plain-loop-")) / "job.json"
-    spec.write_text(config.model_dump_json())
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    env.update(allocator_env(allocator, on_gpu=False))
-    command = [sys.executable, "-m", "benchmarks.plain_loop", str(spec), str(steps), str(threads)]
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    shutil.rmtree(spec.parent, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"plain loop process failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job_process("benchmarks.plain_loop", config, steps, threads, allocator_env(allocator, on_gpu=False),
+                           "plain loop")
 
 
 def main(argv: list[str] | None = None) -> int:

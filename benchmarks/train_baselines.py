@@ -17,10 +17,8 @@ import gc
 import importlib.util
 import itertools
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Row, SectionResult, fmt, preempted, wait_quiet
+from benchmarks.common import Row, SectionResult, fmt, preempted, run_job_process, wait_quiet
 
 SECTION = "train_trl"
 PER_MODEL = True
@@ -157,15 +155,7 @@ def trainer_tokens(steps: list[dict[str, Any]], key: str) -> int:
 
 def run_trl_process(config, steps: int, threads: int) -> dict[str, Any]:
     """:func:`run_trl` in a fresh process on the system allocator: what a user's plain TRL script gets."""
-    spec = Path(tempfile.mkdtemp(prefix="trl-job-")) / "job.json"
-    spec.write_text(config.model_dump_json())
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    command = [sys.executable, "-m", "benchmarks.train_baselines", str(spec), str(steps), str(threads)]
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    shutil.rmtree(spec.parent, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"TRL SFTTrainer process failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job_process("benchmarks.train_baselines", config, steps, threads, {}, "TRL SFTTrainer")
 
 
 def run(ctx, model_key: str) -> "TrlResult":
