@@ -215,7 +215,7 @@ class EvaluationConfig(Strict):
         "auto", json_schema_extra=UNLESS_DEFAULT,
         description="What runs the student: vllm (decoder-only students only), transformers, or auto: vllm for a "
                     "decoder-only student when vLLM is installed, else transformers (seq2seq students always). "
-                    "On CPU vLLM generates ~3x faster; for method loglikelihood transformers is faster there "
+                    "On CPU vLLM generates faster; for method loglikelihood transformers is faster there "
                     "(benchmarks/RESULTS.md).")
     actors: int = Field(1, ge=1, json_schema_extra=OPERATIONAL,
                         description="Evaluation actors (Ray Data actor pool), each loading the student once with "

@@ -125,7 +125,7 @@ def scorer(method: str) -> Scorer:
 
 def resolve_backend(setting: str, seq2seq: bool, vllm_installed: bool) -> str:
     """The backend an ``evaluation.backend`` setting runs for a student: ``auto`` is vllm for a decoder-only student
-    when vLLM is installed, else transformers. vLLM generates ~3x faster at steady state on CPU; its option
+    when vLLM is installed, else transformers. vLLM generates faster at steady state on CPU; its option
     log-likelihoods are slower there (no prefix cache with prompt log-probabilities; benchmarks/RESULTS.md, run X)."""
     if setting == "auto":
         return "vllm" if vllm_installed and not seq2seq else "transformers"
