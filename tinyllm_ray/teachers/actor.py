@@ -23,7 +23,7 @@ SUMMARY_KEYS = ("pass", "shard", "rows", "errors", "generated_tokens", "node", "
 
 def process_started_unix() -> float:
     """When this process was started (Unix time): where an actor's start-up began, before its imports."""
-    import psutil  # a Ray dependency
+    import psutil  # declared in pyproject; vLLM needs it too
 
     return psutil.Process().create_time()
 
