@@ -115,6 +115,8 @@ def run_scoring(job: ScoringJob, problems: pa.Table, actors: int, problems_per_c
     as calls finish. Returns rows per method, in the problems' order."""
     import ray
 
+    from tinyllm_ray.runtime import rows_as_they_come
+
     count = problems.num_rows
     if count == 0:
         return {method: [] for method in job.methods}
@@ -129,9 +131,8 @@ def run_scoring(job: ScoringJob, problems: pa.Table, actors: int, problems_per_c
             StudentActor, fn_constructor_kwargs={"job": job}, batch_size=problems_per_call, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=min(actors, -(-count // problems_per_call))), **remote)
     records: list[dict] = []
-    # prefetch_batches=0: Ray Data's default hands a block over only once the next one exists (progress one call late)
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
-        records.extend(batch.to_pylist())
+    for record in rows_as_they_come(scored):
+        records.append(record)
         if on_progress is not None:
             on_progress(len(records) // max(len(job.methods), 1))
     return gather(records, count, job.methods)

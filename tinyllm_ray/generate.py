@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
 from typing import Any
 
 from tinyllm_ray.config import JobConfig, TeacherConfig
@@ -25,6 +24,7 @@ from tinyllm_ray.generation_plan import (
 )
 from tinyllm_ray.layout import MANIFEST, RunLayout
 from tinyllm_ray.progress import ProgressDisplay, rate_text
+from tinyllm_ray.runtime import rows_as_they_come
 from tinyllm_ray.problems import load_frozen_problems, prepare_problems
 from tinyllm_ray.schemas import read_manifest, write_manifest
 from tinyllm_ray.teachers import kind_of
@@ -215,13 +215,6 @@ def startup_text(teacher: str, startup: dict[str, float], pool_started: float) -
     return (f"teacher {teacher}: an actor was ready {ready:.1f} s after its pool started (its process started at "
             f"{process:.1f} s, its constructor at {constructor:.1f} s, the teacher's imports and engine build took "
             f"{ready - constructor:.1f} s)")
-
-
-def rows_as_they_come(dataset) -> Iterator[dict[str, Any]]:
-    """A dataset's rows, each as soon as its block is produced. ``Dataset.iter_rows`` prefetches one block: it hands
-    over a block only once the next one exists, so every shard would be reported when the one after it finished."""
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-        yield from batch.to_pylist()
 
 
 class PoolProgress:

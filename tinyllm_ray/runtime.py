@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tinyllm_ray.config import JobConfig
 from tinyllm_ray.console import current as current_console
@@ -141,3 +143,11 @@ def connect(config: JobConfig) -> None:
     # Ray 2.60's v2 Parquet reader starts dozens of helper processes: seconds of start-up for small artifacts
     # (benchmarks/RESULTS.md).
     context.use_datasource_v2 = False
+
+
+def rows_as_they_come(dataset) -> Iterator[dict[str, Any]]:
+    """A Ray dataset's rows, each as soon as its block is produced. ``Dataset.iter_rows`` (and ``iter_batches``'
+    default prefetch) hands over a block only once the next one exists, so each result would be reported when the
+    one after it was done."""
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        yield from batch.to_pylist()

@@ -14,7 +14,7 @@ WAIT_S = 60  # only breaks a deadlock: the second block waits for the consumer t
 def test_each_row_arrives_before_the_next_block_exists(ray_cluster, tmp_path):
     import ray
 
-    from tinyllm_ray.generate import rows_as_they_come
+    from tinyllm_ray.runtime import rows_as_they_come
 
     seen_first = tmp_path / "seen-first"
 
