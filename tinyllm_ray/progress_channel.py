@@ -84,16 +84,6 @@ def publish(event: Mapping[str, Any], final: bool = False) -> None:
         install(None)
 
 
-def tracked(items, label: str, total: int | None = None) -> Iterator:
-    """Worker side: iterate ``items`` publishing ``{label, done, total}`` as it goes."""
-    items = list(items) if total is None else items
-    total = len(items) if total is None else total
-    for done, item in enumerate(items):
-        publish({"label": label, "done": done, "total": total})
-        yield item
-    publish({"label": label, "done": total, "total": total}, final=True)
-
-
 @contextlib.contextmanager
 def followed(channel: ProgressChannel, display: ProgressDisplay,
              render: Callable[[dict[str, Any]], tuple[int, dict[str, str]]], poll_s: float = 0.5) -> Iterator[None]:

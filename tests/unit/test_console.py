@@ -115,27 +115,6 @@ def test_a_failing_command_leaves_its_traceback_in_the_log(tmp_path: Path):
     assert "RuntimeError: boom" in (tmp_path / "console.log").read_text()
 
 
-def test_tracked_reports_each_item_and_the_end(monkeypatch):
-    from tinyllm_ray import progress_channel
-
-    class Recorder:
-        def __init__(self):
-            self.events = []
-
-        def put(self, event):
-            self.events.append(event)
-
-    recorder = Recorder()
-    progress_channel.install(recorder)
-    monkeypatch.setattr(progress_channel, "MIN_INTERVAL_S", 0.0)
-    try:
-        assert list(progress_channel.tracked("abc", "generate")) == ["a", "b", "c"]
-    finally:
-        progress_channel.install(None)
-    assert [e["done"] for e in recorder.events] == [0, 1, 2, 3] and recorder.events[-1]["total"] == 3
-    assert list(progress_channel.tracked([1, 2], "x")) == [1, 2]  # no channel: plain iteration
-
-
 def test_a_broken_channel_stops_reporting_not_the_work():
     from tinyllm_ray import progress_channel
 

@@ -30,11 +30,9 @@ def greedy_answers(student: Student, texts: Sequence[str], batch_size: int, max_
     stripped."""
     import torch
 
-    from tinyllm_ray.progress_channel import tracked
-
     tokenizer, model = student.tokenizer, student.model
     answers: list[str] = []
-    for start in tracked(range(0, len(texts), batch_size), "generate"):
+    for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(student.device)
         with torch.no_grad():

@@ -76,14 +76,12 @@ def option_loglikelihoods(student: Student, texts: Sequence[str], choices: Seque
                           batch_size: int) -> list[list[float]]:
     """The transformers backend: summed log-probability of every option's tokens after its problem's prompt, one list
     per problem (an empty option: 0)."""
-    from tinyllm_ray.progress_channel import tracked
-
     encode = lambda text: student.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     problems = [(i, encode(text), [encode(option) for option in options])
                 for i, (text, options) in enumerate(zip(texts, choices))]
     out = [[0.0] * len(options) for options in choices]
     batches = _batches(sorted(problems, key=lambda p: -len(p[1])), batch_size)  # similar prompt lengths together
-    for batch in tracked(batches, "loglikelihood"):
+    for batch in batches:
         for (i, j), value in _batch_loglikelihoods(student, batch):
             out[i][j] = value
     return out
