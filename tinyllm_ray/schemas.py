@@ -45,12 +45,17 @@ RATIONALE_SCHEMA = pa.schema([
     pa.field("error", pa.string()),  # null when the row succeeded
 ])
 
+def rationale_column(teacher: str) -> str:
+    """A distilled teacher's rationale target column in the training schema (and its task's column)."""
+    return f"rationale__{teacher}"
+
+
 # One row per problem: the answer task plus one rationale target per distilled teacher (null = unusable).
 def training_schema(teachers: list[str]) -> pa.Schema:
     return pa.schema(
         [pa.field("id", pa.string(), nullable=False), pa.field("input", pa.string(), nullable=False),
          pa.field("answer", pa.string(), nullable=False)]
-        + [pa.field(f"rationale__{name}", pa.string()) for name in teachers]
+        + [pa.field(rationale_column(name), pa.string()) for name in teachers]
     )
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tinyllm_ray import prompts, quality
-from tinyllm_ray.schemas import training_schema
+from tinyllm_ray.schemas import rationale_column, training_schema
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Task:
 def tasks_for(task_prefix: str, answer_weight: float, teachers: Sequence[tuple[str, str, float]]) -> list[Task]:
     """Task 0 is the answer; task m is teacher m (name, rationale prefix, alpha)."""
     return [Task("answer", task_prefix, "answer", answer_weight)] + [
-        Task(name, prefix, f"rationale__{name}", alpha) for name, prefix, alpha in teachers
+        Task(name, prefix, rationale_column(name), alpha) for name, prefix, alpha in teachers
     ]
 
 
@@ -98,7 +98,7 @@ def build_training_table(problems: pa.Table, rationales: Mapping[str, pa.Table],
             for name, rows in rows_by_teacher.items():
                 outcome = _rationale_outcome(rows[i], problem, rationale_filter)
                 counts[name][outcome] += 1
-                record[f"rationale__{name}"] = rows[i]["rationale"].strip() if outcome == "usable" else None
+                record[rationale_column(name)] = rows[i]["rationale"].strip() if outcome == "usable" else None
             records.append(record)
         parts.append(pa.Table.from_pylist(records, schema=schema))
     return pa.concat_tables(parts), counts

@@ -36,8 +36,8 @@ import pyarrow as pa
 
 from tinyllm_ray.layout import RunLayout
 from tinyllm_ray.problems import require_frozen_problems
-from tinyllm_ray.schemas import (PROBLEM_SCHEMA, REWRITE_HINT, ArtifactError, conform, read_manifest,
-                                 training_token_schema, write_table)
+from tinyllm_ray.schemas import (PROBLEM_SCHEMA, REWRITE_HINT, ArtifactError, conform, rationale_column,
+                                 read_manifest, training_token_schema, write_table)
 from tinyllm_ray.training_stream_plan import (BUCKET_ROWS, KEY, PIECE_PROBLEM_SCHEMA, PIECE_RATIONALE_SCHEMA,
                                               POSITION, SCATTER_ROWS, ReadPiece, bucket_count, buckets_of,
                                               kept_positions, merge_counts, order_keys, piece_dir, read_plan,
@@ -67,7 +67,7 @@ def build_training_set(layout: RunLayout, teachers: Sequence[str], folder: Path,
     scatter task's read and of a join bucket."""
     import ray
 
-    if tokenisation.columns != ["answer"] + [f"rationale__{name}" for name in teachers]:
+    if tokenisation.columns != ["answer"] + [rationale_column(name) for name in teachers]:
         raise ValueError(f"tokenisation tasks {tokenisation.columns} are not the answer and teachers {list(teachers)}")
 
     folder = Path(folder)
